@@ -1,0 +1,138 @@
+//! One function per chctl command.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use chd_data::proto::{Request, Response, StatusReport};
+
+use crate::client::Client;
+use crate::{Command, NodeCommand};
+
+pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::Bench(args) = command {
+        return crate::bench::run(socket, args).map(|()| ExitCode::SUCCESS);
+    }
+    let mut client = Client::connect(socket)?;
+    match command {
+        Command::Set { key, value } => {
+            let value = if value == "-" {
+                let mut v = Vec::new();
+                std::io::stdin().read_to_end(&mut v).context("cannot read the value from stdin")?;
+                v
+            } else {
+                value.into_bytes()
+            };
+            expect_done(client.call(Request::Set { key: key.into_bytes(), value })?)?;
+        }
+        Command::Get { key } => match client.call(Request::Get { key: key.clone().into_bytes() })? {
+            Response::Value(Some(v)) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&v)?;
+                out.flush()?;
+            }
+            Response::Value(None) => {
+                eprintln!("chctl: no such key: {key}");
+                return Ok(ExitCode::from(1));
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        Command::Del { key } => expect_done(client.call(Request::Del { key: key.into_bytes() })?)?,
+        Command::Status { json } => {
+            let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            } else {
+                print_status(&s);
+            }
+        }
+        Command::Ring { json } => {
+            let Response::Ring(r) = client.call(Request::Ring)? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} partitions, {} replicas of each key", r.partitions, r.replicas);
+                println!("{:>6} {:>11} {:>10}", "NODE", "PARTITIONS", "KEYSPACE");
+                for n in &r.nodes {
+                    println!("{:>6} {:>11} {:>9.2}%", n.id, n.partitions, n.share * 100.0);
+                }
+            }
+        }
+        Command::Node(NodeCommand::Restart { id }) => {
+            expect_done(client.call(Request::NodeRestart { id })?)?;
+            println!("node {id}: restart requested");
+        }
+        Command::Node(NodeCommand::Rebuild { id }) => {
+            expect_done(client.call(Request::NodeRebuild { id })?)?;
+            crate::progress::follow(&mut client, id)?;
+        }
+        Command::Repair { json } => {
+            let Response::Repair(r) = client.call(Request::Repair)? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "checked {} partitions: {} differed; copied {} records ({} bytes)",
+                    r.partitions_checked, r.partitions_differing, r.keys_repaired, r.bytes_repaired
+                );
+                if !r.unreachable_nodes.is_empty() {
+                    println!("not checked (nodes not up): {:?}", r.unreachable_nodes);
+                }
+            }
+        }
+        Command::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expect_done(r: Response) -> anyhow::Result<()> {
+    match r {
+        Response::Done => Ok(()),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `status --json`: the report as is, with each node's state as a plain string.
+fn status_json(s: &StatusReport) -> serde_json::Value {
+    serde_json::to_value(s).expect("status serializes")
+}
+
+fn print_status(s: &StatusReport) {
+    println!("chd {} (pid {}), up {}s", s.version, s.pid, s.uptime_ms / 1000);
+    println!("data dir {}  socket {}", s.data_dir, s.socket);
+    println!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum);
+    println!();
+    println!("{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  PROGRESS", "NODE", "STATE", "PID", "RESTARTS", "KEYS", "DISK");
+    for n in &s.nodes {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let progress = n.progress.as_ref().map_or(String::new(), |p| {
+            format!("{} {}/{} partitions, {} keys", p.what, p.partitions_done, p.partitions_total, p.keys)
+        });
+        println!(
+            "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  {}",
+            n.id,
+            n.state.as_str(),
+            n.pid.map_or("-".into(), |p| p.to_string()),
+            n.restarts,
+            opt(n.keys),
+            n.bytes.map_or("-".into(), human_bytes),
+            progress
+        );
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

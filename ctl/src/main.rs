@@ -1,0 +1,85 @@
+//! chctl: the command-line client of chd.
+
+mod bench;
+mod client;
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chctl", version, about = "Talk to chd, the replicated key-value daemon")]
+struct Cli {
+    /// chd's socket [default: $CHD_SOCKET, else $RUNTIME_DIRECTORY/chd.sock, else
+    /// $XDG_RUNTIME_DIR/chd.sock, else /tmp/chd-$UID/chd.sock; else /run/chd/chd.sock if only
+    /// that one exists].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Store VALUE under KEY ("-" reads the value from stdin, binary-safe).
+    Set { key: String, value: String },
+    /// Print the value of KEY, byte for byte; exit 1 if there is none.
+    Get { key: String },
+    /// Delete KEY.
+    Del { key: String },
+    /// Show chd and its nodes.
+    Status {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each node's share of the key space.
+    Ring {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Compare every replica set and copy what differs; report what was found and fixed.
+    Repair {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure durable writes per second, beside the disk's raw fdatasync rate.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Respawn a node's worker now, also one marked failed.
+    Restart { id: u32 },
+    /// Set a node's database aside and rebuild it from the replicas (shows progress).
+    Rebuild { id: u32 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.unwrap_or_else(default_socket);
+    match commands::run(&socket, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// chd's own resolution order, then the system service's socket as a last resort, so that an
+/// administrator's shell finds the packaged chd without flags.
+fn default_socket() -> PathBuf {
+    let p = chd_data::paths::default_socket();
+    let system = PathBuf::from(chd_data::paths::SYSTEM_SOCKET);
+    if !p.exists() && std::env::var_os("CHD_SOCKET").is_none() && system.exists() {
+        return system;
+    }
+    p
+}

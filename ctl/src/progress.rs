@@ -1,0 +1,77 @@
+//! Following a rebuild: a progress bar in a terminal, a one-line summary otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chd_data::proto::{NodeProgress, NodeState, Request, Response};
+
+use crate::client::Client;
+
+pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut seen_start = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
+        let Some(node) = s.nodes.iter().find(|n| n.id == id) else { bail!("node {id} is gone") };
+        let Response::Progress(p) = client.call(Request::Progress { id })? else { bail!("unexpected answer") };
+        match node.state {
+            NodeState::Rebuilding | NodeState::CatchingUp => seen_start = true,
+            NodeState::Failed => bail!("node {id} failed during the rebuild; see chd's log"),
+            NodeState::Up if seen_start || p.as_ref().is_some_and(|p| p.finished) => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                let p = p.unwrap_or(NodeProgress {
+                    what: "rebuilding".into(),
+                    partitions_done: 0,
+                    partitions_total: 0,
+                    keys: 0,
+                    bytes: 0,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    finished: true,
+                });
+                let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
+                println!(
+                    "node {id} rebuilt: {} partitions, {} keys, {} in {secs:.1}s ({:.0} keys/s, {:.1} MB/s)",
+                    p.partitions_total,
+                    p.keys,
+                    crate::commands::human_bytes(p.bytes),
+                    p.keys as f64 / secs,
+                    p.bytes as f64 / secs / 1e6
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(30) && !seen_start && p.is_none() {
+            bail!("node {id} did not start rebuilding; see `chctl status`");
+        }
+        if tty {
+            if let Some(p) = p.filter(|p| !p.finished) {
+                draw(&p);
+            }
+        }
+    }
+}
+
+fn draw(p: &NodeProgress) {
+    let frac = if p.partitions_total == 0 { 0.0 } else { f64::from(p.partitions_done) / f64::from(p.partitions_total) };
+    let width = 30;
+    let filled = (frac * width as f64) as usize;
+    let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
+    let eta = if frac > 0.0 { secs / frac - secs } else { f64::NAN };
+    eprint!(
+        "\r\x1b[K{} [{}{}] {:>3.0}%  {} keys  {:.1} MB/s  ETA {}",
+        p.what,
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        frac * 100.0,
+        p.keys,
+        p.bytes as f64 / secs / 1e6,
+        if eta.is_finite() { format!("{eta:.0}s") } else { "?".into() }
+    );
+    let _ = std::io::stderr().flush();
+}

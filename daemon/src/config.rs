@@ -1,0 +1,242 @@
+//! chd's settings: command-line flags over an optional TOML file over defaults.
+//!
+//! Every flag has a key of the same name in the file (`--write-quorum` is `write_quorum`).
+//! Everything is validated before chd creates or touches anything, and each error names the key
+//! at fault.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file [default: /etc/chd/chd.toml, if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/chd, else ~/.local/state/chd].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Socket path [default: $CHD_SOCKET, else $RUNTIME_DIRECTORY/chd.sock, else $XDG_RUNTIME_DIR/chd.sock, else /tmp/chd-$UID/chd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Number of nodes of a new data dir [default: 4].
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u32>,
+    /// Replicas of each key [default: 3].
+    #[arg(long, value_name = "R")]
+    pub replicas: Option<u32>,
+    /// Replicas that must have a write on disk before it is acknowledged [default: 2].
+    #[arg(long, value_name = "W")]
+    pub write_quorum: Option<u32>,
+    /// Permissions of the socket file, in octal [default: 0600].
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Group whose members may use chd, besides root and chd's own user [default: none].
+    #[arg(long, value_name = "GROUP")]
+    pub allowed_group: Option<String>,
+    /// Log level or tracing filter, e.g. info, debug [default: info; RUST_LOG overrides].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The config file. Unknown keys are errors, so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    nodes: Option<u32>,
+    replicas: Option<u32>,
+    write_quorum: Option<u32>,
+    socket_mode: Option<String>,
+    allowed_group: Option<String>,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub nodes: u32,
+    pub replicas: u32,
+    /// Whether `replicas` was set explicitly (it must then match an existing data dir).
+    pub replicas_explicit: bool,
+    pub write_quorum: u32,
+    pub socket_mode: u32,
+    pub allowed_group: Option<(String, u32)>,
+    pub log_level: String,
+}
+
+impl Settings {
+    pub fn resolve(args: &ConfigArgs) -> anyhow::Result<Settings> {
+        let (config_file, file) = load_file(args.config.as_deref())?;
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let socket = args.socket.clone().or(file.socket).unwrap_or_else(chd_data::paths::default_socket);
+        let nodes = args.nodes.or(file.nodes).unwrap_or(4);
+        let replicas_explicit = args.replicas.is_some() || file.replicas.is_some();
+        let replicas = args.replicas.or(file.replicas).unwrap_or(3);
+        let write_quorum = args.write_quorum.or(file.write_quorum).unwrap_or(2);
+        let mode = args.socket_mode.clone().or(file.socket_mode).unwrap_or_else(|| "0600".into());
+        let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .with_context(|| format!("socket_mode: {mode:?} is not an octal mode like \"0660\""))?;
+        let allowed_group = match args.allowed_group.clone().or(file.allowed_group) {
+            None => None,
+            Some(name) => {
+                let group = nix::unistd::Group::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("allowed_group: no group named {name:?}"))?;
+                Some((name, group.gid.as_raw()))
+            }
+        };
+        let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| anyhow::anyhow!("log_level: {log_level:?} is not a level or filter: {e}"))?;
+
+        if nodes == 0 {
+            bail!("nodes: must be at least 1");
+        }
+        if replicas == 0 {
+            bail!("replicas: must be at least 1");
+        }
+        if write_quorum == 0 {
+            bail!("write_quorum: must be at least 1");
+        }
+        if write_quorum > replicas {
+            bail!("write_quorum: {write_quorum} is more than replicas ({replicas}); a write cannot be on more replicas than exist");
+        }
+        if replicas > nodes {
+            bail!("replicas: {replicas} is more than nodes ({nodes}); each replica needs its own node");
+        }
+        Ok(Settings {
+            config_file,
+            data_dir,
+            socket,
+            nodes,
+            replicas,
+            replicas_explicit,
+            write_quorum,
+            socket_mode,
+            allowed_group,
+            log_level,
+        })
+    }
+
+    /// The effective settings, as `chd --check-config` prints them (valid TOML).
+    pub fn render(&self) -> String {
+        let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let mut s = String::new();
+        match &self.config_file {
+            Some(f) => s += &format!("# read from {}\n", f.display()),
+            None => s += "# no config file; flags and defaults only\n",
+        }
+        s += &format!("data_dir = {}\n", q(&self.data_dir));
+        s += &format!("socket = {}\n", q(&self.socket));
+        s += &format!("nodes = {}\n", self.nodes);
+        s += &format!("replicas = {}\n", self.replicas);
+        s += &format!("write_quorum = {}\n", self.write_quorum);
+        s += &format!("socket_mode = \"{:04o}\"\n", self.socket_mode);
+        match &self.allowed_group {
+            Some((name, gid)) => s += &format!("allowed_group = \"{name}\" # gid {gid}\n"),
+            None => s += "# allowed_group: none\n",
+        }
+        s += &format!("log_level = \"{}\"\n", self.log_level);
+        s
+    }
+}
+
+fn load_file(explicit: Option<&Path>) -> anyhow::Result<(Option<PathBuf>, FileConfig)> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+        None => return Ok((None, FileConfig::default())),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    Ok((Some(path), file))
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        return Ok(PathBuf::from(dirs.split(':').next().unwrap_or(&dirs)));
+    }
+    if let Some(d) = var("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(d).join("chd"));
+    }
+    match var("HOME") {
+        Some(h) => Ok(PathBuf::from(h).join(".local/state/chd")),
+        None => bail!("data_dir: no default (neither STATE_DIRECTORY, XDG_STATE_HOME nor HOME is set); pass --data-dir"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(f: impl FnOnce(&mut ConfigArgs)) -> ConfigArgs {
+        let mut a = ConfigArgs {
+            config: Some(PathBuf::from("/dev/null")),
+            data_dir: Some("/tmp/x".into()),
+            socket: Some("/tmp/x.sock".into()),
+            ..Default::default()
+        };
+        f(&mut a);
+        a
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::resolve(&args(|_| {})).unwrap();
+        assert_eq!((s.nodes, s.replicas, s.write_quorum, s.socket_mode), (4, 3, 2, 0o600));
+    }
+
+    #[test]
+    fn bad_combinations_are_refused() {
+        let err = |f: fn(&mut ConfigArgs)| Settings::resolve(&args(f)).unwrap_err().to_string();
+        assert!(err(|a| a.write_quorum = Some(4)).starts_with("write_quorum"));
+        assert!(err(|a| a.replicas = Some(5)).starts_with("replicas"));
+        assert!(err(|a| a.nodes = Some(0)).starts_with("nodes"));
+        assert!(err(|a| a.write_quorum = Some(0)).starts_with("write_quorum"));
+        assert!(err(|a| a.socket_mode = Some("rw".into())).starts_with("socket_mode"));
+    }
+
+    #[test]
+    fn file_keys_apply_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("chd.toml");
+        std::fs::write(&f, "nodes = 6\nreplicas = 2\nwrite_quorum = 1\nsocket_mode = \"0660\"\n").unwrap();
+        let s = Settings::resolve(&args(|a| {
+            a.config = Some(f.clone());
+            a.write_quorum = Some(2);
+        }))
+        .unwrap();
+        assert_eq!((s.nodes, s.replicas, s.write_quorum, s.socket_mode), (6, 2, 2, 0o660));
+        // The rendered settings read back as the same settings.
+        std::fs::write(&f, s.render()).unwrap();
+        let again = Settings::resolve(&ConfigArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(again.data_dir, s.data_dir);
+        assert_eq!((again.nodes, again.replicas, again.write_quorum), (6, 2, 2));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("chd.toml");
+        for (text, key) in [("nodez = 3\n", "nodez"), ("nodes = \"four\"\n", "nodes")] {
+            std::fs::write(&f, text).unwrap();
+            let e = Settings::resolve(&args(|a| a.config = Some(f.clone()))).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+}

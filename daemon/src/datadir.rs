@@ -1,0 +1,165 @@
+//! The data directory: what chd keeps besides the nodes' databases.
+//!
+//! ```text
+//! <data-dir>/
+//!   chd.lock        flock held by the running chd (holds its pid): one chd per data dir
+//!   cluster.json    the ring (members, partition table) and the replica count
+//!   versions        ceiling of the version counter (see crate::versions)
+//!   nodes/<id>/     each node's sled database, owned by its worker process
+//!   quarantine/     databases moved aside because they could not be opened; never deleted
+//! ```
+//!
+//! Every file is replaced atomically (write to a temporary, fsync, rename, fsync the directory),
+//! so a crash leaves either the old or the new content.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use chd_data::{NodeId, Ring};
+use serde::{Deserialize, Serialize};
+
+pub struct DataDir {
+    root: PathBuf,
+    /// Held for chd's lifetime; the flock goes with it.
+    _lock: File,
+}
+
+/// What `cluster.json` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub format: u32,
+    pub ring: Ring,
+    /// Ids are never reused, so a node's folder never holds another node's data.
+    pub next_node_id: NodeId,
+}
+
+impl DataDir {
+    /// Creates the directory if needed and takes its lock, refusing if another chd holds it.
+    pub fn open(root: &Path) -> anyhow::Result<DataDir> {
+        fs::create_dir_all(root).with_context(|| format!("cannot create data dir {}", root.display()))?;
+        let path = root.join("chd.lock");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on an fd we own. The lock belongs to the open file description, held
+        // until chd exits; the fd is close-on-exec, so workers never inherit it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = lock.read_to_string(&mut pid);
+            bail!("another chd (pid {}) is using data dir {}; stop it first", pid.trim(), root.display());
+        }
+        lock.set_len(0)?;
+        lock.rewind()?;
+        write!(lock, "{}", std::process::id())?;
+        fs::create_dir_all(root.join("nodes"))?;
+        Ok(DataDir { root: fs::canonicalize(root)?, _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn node_dir(&self, id: NodeId) -> PathBuf {
+        self.root.join("nodes").join(id.to_string())
+    }
+
+    pub fn load_cluster(&self) -> anyhow::Result<Option<ClusterFile>> {
+        let path = self.root.join("cluster.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let file: ClusterFile =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid cluster file", path.display()))?;
+        file.ring.check().with_context(|| format!("{} holds an invalid ring", path.display()))?;
+        Ok(Some(file))
+    }
+
+    pub fn save_cluster(&self, cluster: &ClusterFile) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(cluster)?;
+        write_atomic(&self.root.join("cluster.json"), text.as_bytes())
+    }
+
+    pub fn versions_path(&self) -> PathBuf {
+        self.root.join("versions")
+    }
+
+    /// Moves a node's database aside into `quarantine/`. Returns where it went.
+    pub fn quarantine(&self, id: NodeId) -> anyhow::Result<Option<PathBuf>> {
+        let from = self.node_dir(id);
+        if !from.exists() {
+            return Ok(None);
+        }
+        let q = self.root.join("quarantine");
+        fs::create_dir_all(&q)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut to = q.join(format!("node-{id}-{stamp}"));
+        let mut n = 1;
+        while to.exists() {
+            to = q.join(format!("node-{id}-{stamp}.{n}"));
+            n += 1;
+        }
+        fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        sync_dir(&q)?;
+        sync_dir(&self.root.join("nodes"))?;
+        Ok(Some(to))
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(())
+}
+
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    let d = File::open(dir)?;
+    nix::unistd::fsync(d.as_fd())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_chd_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path()).unwrap();
+        let err = DataDir::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("another chd"), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn cluster_file_round_trips_and_quarantine_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert_eq!(d.load_cluster().unwrap(), None);
+        let c = ClusterFile { format: 1, ring: Ring::new(&[0, 1, 2], 3, 64).unwrap(), next_node_id: 3 };
+        d.save_cluster(&c).unwrap();
+        assert_eq!(d.load_cluster().unwrap(), Some(c));
+        fs::create_dir_all(d.node_dir(1)).unwrap();
+        fs::write(d.node_dir(1).join("db"), b"precious").unwrap();
+        let to = d.quarantine(1).unwrap().unwrap();
+        assert_eq!(fs::read(to.join("db")).unwrap(), b"precious");
+        assert!(!d.node_dir(1).exists());
+    }
+}

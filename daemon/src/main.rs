@@ -1,0 +1,84 @@
+//! chd: the daemon. `chd [flags]` serves; `chd check-config` validates the settings; `chd
+//! worker` is how chd runs its own worker processes.
+
+mod cluster;
+mod config;
+mod coordinator;
+mod datadir;
+mod frame;
+mod repair;
+mod server;
+mod storage;
+mod supervisor;
+mod versions;
+mod worker;
+
+use clap::{Parser, Subcommand};
+use config::{ConfigArgs, Settings};
+
+#[derive(Parser)]
+#[command(name = "chd", version, about = "A crash-safe, replicated key-value daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Validate the settings, print the effective ones, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the settings, print the effective ones, and exit.
+    CheckConfig(ConfigArgs),
+    /// Run one worker process (chd starts these itself).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
+}
+
+fn main() {
+    // A panic leaves no half-updated state behind to serve from: the process ends, and the
+    // supervisor (chd for a worker, systemd for chd) starts a clean one.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Worker(args)) => worker::run(args),
+        Some(Command::CheckConfig(args)) => check_config(&args),
+        None if cli.check_config => check_config(&cli.config),
+        None => serve(&cli.config),
+    };
+    if let Err(e) = result {
+        eprintln!("chd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    print!("{}", settings.render());
+    Ok(())
+}
+
+fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    init_logging(&settings.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(server::run(settings))
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Under systemd the journal adds its own timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,230 @@
+//! Anti-entropy: bringing the replicas of a partition into agreement.
+//!
+//! Differences are found cheaply: each replica digests the (key, version) pairs of a partition
+//! and only partitions whose digests differ are compared key by key ([`plan`]), and only the
+//! records that differ are copied, newest version winning. The same machinery serves three
+//! callers: a node catching up after being down, a node rebuilt after losing its data, and
+//! `chctl repair`.
+//!
+//! Memory stays bounded: partitions are handled a chunk at a time, records are copied in
+//! batches of [`BATCH`], and each batch is one durable `PutMany` on the receiver. Copies never
+//! block client traffic (they are ordinary requests on the worker links, and newest-wins means
+//! a concurrent client write is never overwritten by an older copied record). An interrupted
+//! sync is simply run again: partitions already in agreement have equal digests and are
+//! skipped, so a restart resumes where the last one stopped.
+//!
+//! How many peers a sync needs: an acknowledged write is on W of the R owners. A node that
+//! kept its data but missed writes finds every one of them on any R-W of its peers; a node
+//! that lost its data must ask R-W+1 peers to be sure to see every acknowledged write.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use chd_data::proto::{NodeProgress, RepairReport};
+use chd_data::{NodeId, Record};
+
+use crate::cluster::Cluster;
+use crate::worker::link::WorkerLink;
+use crate::worker::proto::{WorkerRequest, WorkerResponse};
+
+/// Records copied per request.
+const BATCH: usize = 256;
+/// Partitions digested per request.
+const DIGEST_CHUNK: usize = 64;
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    CatchUp,
+    Rebuild,
+}
+
+/// Brings node `id` up to date on every partition it owns.
+pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> anyhow::Result<RepairReport> {
+    let ring = cluster.ring();
+    let r = ring.replicas() as usize;
+    let w = cluster.write_quorum();
+    let peers_needed = match mode {
+        SyncMode::CatchUp => (r - w).max(1),
+        SyncMode::Rebuild => r - w + 1,
+    }
+    .min(r - 1);
+    let parts = ring.partitions_of(id);
+    let what = match mode {
+        SyncMode::CatchUp => "catching up",
+        SyncMode::Rebuild => "rebuilding",
+    };
+    let started = Instant::now();
+    let mut progress = NodeProgress {
+        what: what.into(),
+        partitions_done: 0,
+        partitions_total: parts.len() as u32,
+        keys: 0,
+        bytes: 0,
+        elapsed_ms: 0,
+        finished: false,
+    };
+    let mut report = RepairReport::default();
+    for chunk in parts.chunks(DIGEST_CHUNK) {
+        let me = cluster.replica(id);
+        let Some(my_link) = me.link.clone().filter(|_| me.takes_writes()) else {
+            bail!("node {id} went away during the sync");
+        };
+        // Group the chunk's partitions by their set of readable peers.
+        let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
+        for &p in chunk {
+            let peers: Vec<NodeId> = cluster
+                .replicas(ring.owners(p))
+                .into_iter()
+                .filter(|x| x.id != id && x.serves_reads())
+                .map(|x| x.id)
+                .collect();
+            if peers.len() < peers_needed {
+                bail!("partition {p}: {} of the {peers_needed} peers needed are up", peers.len());
+            }
+            groups.entry(peers).or_default().push(p);
+        }
+        for (peers, partitions) in groups {
+            let mut members = vec![(id, my_link.clone())];
+            for x in cluster.replicas(&peers) {
+                members.push((x.id, x.link.ok_or_else(|| anyhow!("node {} went away", x.id))?));
+            }
+            sync_partitions(&members, &partitions, &mut report).await?;
+        }
+        progress.partitions_done += chunk.len() as u32;
+        progress.keys = report.keys_repaired;
+        progress.bytes = report.bytes_repaired;
+        progress.elapsed_ms = started.elapsed().as_millis() as u64;
+        let p = progress.clone();
+        cluster.update(id, |s| s.progress = Some(p));
+    }
+    progress.finished = true;
+    cluster.update(id, |s| s.progress = Some(progress));
+    Ok(report)
+}
+
+/// `chctl repair`: every partition, across the owners that are up.
+pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> {
+    let ring = cluster.ring();
+    let mut report = RepairReport::default();
+    let mut unreachable: Vec<NodeId> = Vec::new();
+    let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
+    for p in 0..ring.partitions() {
+        let mut up = Vec::new();
+        for x in cluster.replicas(ring.owners(p)) {
+            if x.serves_reads() {
+                up.push(x.id);
+            } else if !unreachable.contains(&x.id) {
+                unreachable.push(x.id);
+            }
+        }
+        if up.len() >= 2 {
+            groups.entry(up).or_default().push(p);
+        }
+    }
+    for (ids, partitions) in groups {
+        let members: Vec<(NodeId, WorkerLink)> =
+            cluster.replicas(&ids).into_iter().filter_map(|x| Some((x.id, x.link?))).collect();
+        if members.len() < 2 {
+            continue;
+        }
+        for chunk in partitions.chunks(DIGEST_CHUNK) {
+            sync_partitions(&members, chunk, &mut report).await?;
+        }
+    }
+    unreachable.sort_unstable();
+    report.unreachable_nodes = unreachable;
+    Ok(report)
+}
+
+/// Compares digests of `partitions` across `members` and syncs those that differ.
+async fn sync_partitions(
+    members: &[(NodeId, WorkerLink)],
+    partitions: &[u32],
+    report: &mut RepairReport,
+) -> anyhow::Result<()> {
+    let mut digests = Vec::with_capacity(members.len());
+    for (id, link) in members {
+        match call(link, *id, WorkerRequest::Digests { partitions: partitions.to_vec() }).await? {
+            WorkerResponse::Digests(d) if d.len() == partitions.len() => digests.push(d),
+            other => bail!("node {id}: unexpected answer to Digests: {other:?}"),
+        }
+    }
+    for (i, &p) in partitions.iter().enumerate() {
+        report.partitions_checked += 1;
+        if digests.iter().all(|d| d[i] == digests[0][i]) {
+            continue;
+        }
+        report.partitions_differing += 1;
+        sync_partition(members, p, report).await?;
+    }
+    Ok(())
+}
+
+async fn sync_partition(members: &[(NodeId, WorkerLink)], p: u32, report: &mut RepairReport) -> anyhow::Result<()> {
+    let mut lists = Vec::with_capacity(members.len());
+    for (id, link) in members {
+        let mut list: Vec<(Vec<u8>, u64)> = Vec::new();
+        loop {
+            let after = list.last().map(|(k, _)| k.clone());
+            match call(link, *id, WorkerRequest::Versions { partition: p, after, limit: 1024 }).await? {
+                WorkerResponse::Versions(page) if page.is_empty() => break,
+                WorkerResponse::Versions(page) => list.extend(page),
+                other => bail!("node {id}: unexpected answer to Versions: {other:?}"),
+            }
+        }
+        lists.push(list);
+    }
+    let transfers = plan::plan(&lists);
+    // Copy per source replica, a batch at a time.
+    let mut by_source: BTreeMap<usize, Vec<plan::Transfer>> = BTreeMap::new();
+    for t in transfers {
+        by_source.entry(t.from).or_default().push(t);
+    }
+    for (from, ts) in by_source {
+        for batch in ts.chunks(BATCH) {
+            let (src_id, src) = &members[from];
+            // A large answer is cut short by the worker; ask again for the rest.
+            let mut keys: Vec<Vec<u8>> = batch.iter().map(|t| t.key.clone()).collect();
+            let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+            while !keys.is_empty() {
+                match call(src, *src_id, WorkerRequest::GetMany { keys: keys.clone() }).await? {
+                    WorkerResponse::Records(rs) if !rs.is_empty() => {
+                        keys.drain(..rs.len().min(keys.len()));
+                        records.extend(rs.into_iter().filter_map(|(k, r)| Some((k, r?))));
+                    }
+                    other => bail!("node {src_id}: unexpected answer to GetMany: {other:?}"),
+                }
+            }
+            for (to, (to_id, link)) in members.iter().enumerate() {
+                let entries: Vec<(Vec<u8>, Record)> = batch
+                    .iter()
+                    .filter(|t| t.to.contains(&to))
+                    .filter_map(|t| Some((t.key.clone(), records.get(&t.key)?.clone())))
+                    .collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                let bytes: u64 =
+                    entries.iter().map(|(k, r)| (k.len() + r.value.as_ref().map_or(0, Vec::len)) as u64).sum();
+                let n = entries.len() as u64;
+                match call(link, *to_id, WorkerRequest::PutMany { entries }).await? {
+                    WorkerResponse::Count(_) => {
+                        report.keys_repaired += n;
+                        report.bytes_repaired += bytes;
+                    }
+                    other => bail!("node {to_id}: unexpected answer to PutMany: {other:?}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn call(link: &WorkerLink, id: NodeId, req: WorkerRequest) -> anyhow::Result<WorkerResponse> {
+    link.call(req, CALL_TIMEOUT).await.map_err(|e| anyhow!("node {id}: {e}"))
+}

@@ -1,0 +1,132 @@
+//! One client connection: read frames, run requests, write replies.
+//!
+//! Requests are handled concurrently (up to [`MAX_IN_FLIGHT`] per connection) and replies carry
+//! the request id, so a client can pipeline. A request on a key first takes the key's lock, in
+//! the order the requests arrived, before it is spawned: requests of one connection on one key
+//! apply in the order they were sent.
+//!
+//! Any malformed input (bad frame, bad body, oversized key or value, no hello) is answered with
+//! an error and the connection is closed; nothing of it reaches the data.
+
+use std::sync::Arc;
+
+use chd_data::proto::{
+    decode_body, encode_frame, peek_id, ClientFrame, FrameError, Request, Response, ServerFrame, MAX_FRAME,
+    PROTOCOL_VERSION,
+};
+use chd_data::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::debug;
+
+use super::auth::{self, Peer};
+use super::handlers;
+use super::Server;
+use crate::frame::read_frame;
+
+const MAX_IN_FLIGHT: usize = 128;
+
+pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch::Receiver<bool>) {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+        Err(_) => return,
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let (replies, mut outbox) = mpsc::channel::<ServerFrame>(MAX_IN_FLIGHT);
+
+    // The writer drains replies, coalescing those that are ready into one write. It ends once
+    // every sender is gone: the reader loop and all requests still running.
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(first) = outbox.recv().await {
+            encode_frame(&first, &mut buf);
+            while buf.len() < (1 << 20) {
+                match outbox.try_recv() {
+                    Ok(f) => encode_frame(&f, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let reply_and_close = |id: u64, e: Error| {
+        let replies = replies.clone();
+        async move {
+            let _ = replies.send(ServerFrame { id, response: Err(e) }).await;
+        }
+    };
+
+    if !auth::allowed(&peer, server.cluster.settings.allowed_group.as_ref().map(|g| g.1)) {
+        debug!(uid = peer.uid, "connection refused: permission denied");
+        reply_and_close(0, Error::PermissionDenied { uid: peer.uid }).await;
+        drop(replies);
+        let _ = writer.await;
+        return;
+    }
+
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut greeted = false;
+    loop {
+        let body = tokio::select! {
+            b = read_frame(&mut rd, MAX_FRAME) => b,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let body = match body {
+            Ok(Some(b)) => b,
+            Ok(None) | Err(FrameError::Io(_)) => break,
+            Err(FrameError::Truncated) => break,
+            Err(FrameError::Protocol(e)) => {
+                reply_and_close(0, e).await;
+                break;
+            }
+        };
+        let ClientFrame { id, request } = match decode_body::<ClientFrame>(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                reply_and_close(peek_id(&body), e).await;
+                break;
+            }
+        };
+        if !greeted {
+            match request {
+                Request::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {
+                    greeted = true;
+                    let hello = Response::Hello { protocol, server: format!("chd {}", env!("CARGO_PKG_VERSION")) };
+                    let _ = replies.send(ServerFrame { id, response: Ok(hello) }).await;
+                    continue;
+                }
+                Request::Hello { protocol, .. } => {
+                    reply_and_close(id, Error::VersionMismatch { client: protocol, server: PROTOCOL_VERSION }).await;
+                }
+                _ => reply_and_close(id, Error::HelloRequired).await,
+            }
+            break;
+        }
+        if let Err(e) = request.validate() {
+            reply_and_close(id, e).await;
+            break;
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let guard = match &request {
+            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } => {
+                Some(server.coordinator.locks.lock(key).await)
+            }
+            _ => None,
+        };
+        let (server, replies) = (server.clone(), replies.clone());
+        tokio::spawn(async move {
+            let response = handlers::handle(&server, request).await;
+            drop(guard);
+            let _ = replies.send(ServerFrame { id, response }).await;
+            drop(permit);
+        });
+    }
+    drop(replies);
+    let _ = writer.await;
+}

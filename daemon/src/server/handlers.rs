@@ -1,0 +1,128 @@
+//! One handler per request. Key requests arrive with their key's lock already held
+//! ([`super::conn`]).
+
+use std::time::Duration;
+
+use chd_data::proto::{NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatusReport};
+use chd_data::{Error, NodeId};
+use tokio::task::JoinSet;
+
+use super::Server;
+use crate::repair;
+use crate::supervisor::Event;
+use crate::worker::proto::{WorkerRequest, WorkerResponse};
+
+pub async fn handle(server: &Server, request: Request) -> Result<Response, Error> {
+    match request {
+        Request::Hello { .. } => Err(Error::Refused("hello was already exchanged on this connection".into())),
+        Request::Get { key } => server.coordinator.read(&key).await.map(Response::Value),
+        Request::Set { key, value } => server.coordinator.write(&key, Some(value)).await.map(|()| Response::Done),
+        Request::Del { key } => server.coordinator.write(&key, None).await.map(|()| Response::Done),
+        Request::Status => Ok(Response::Status(status(server).await)),
+        Request::Ring => Ok(Response::Ring(ring(server))),
+        Request::NodeRestart { id } => node_restart(server, id),
+        Request::NodeRebuild { id } => node_rebuild(server, id),
+        Request::Repair => repair::repair_all(&server.cluster)
+            .await
+            .map(Response::Repair)
+            .map_err(|e| Error::Internal(format!("repair stopped: {e:#}; run it again"))),
+        Request::Progress { id } => {
+            let nodes = server.cluster.nodes.read().expect("nodes lock");
+            let slot = nodes.get(&id).ok_or(Error::NoSuchNode(id))?;
+            Ok(Response::Progress(slot.progress.clone()))
+        }
+    }
+}
+
+async fn status(server: &Server) -> StatusReport {
+    let cluster = &server.cluster;
+    let ring = cluster.ring();
+    let mut nodes: Vec<NodeStatus> = {
+        let slots = cluster.nodes.read().expect("nodes lock");
+        slots
+            .iter()
+            .map(|(&id, s)| NodeStatus {
+                id,
+                pid: s.pid,
+                state: s.state,
+                restarts: s.restarts,
+                keys: None,
+                bytes: None,
+                progress: s.progress.clone().filter(|p| !p.finished),
+            })
+            .collect()
+    };
+    // Ask every running worker for its counts at once; a hung one just reports none.
+    let mut calls = JoinSet::new();
+    for n in &nodes {
+        let x = cluster.replica(n.id);
+        if let (Some(link), true) = (x.link, x.state != NodeState::Hung) {
+            let id = n.id;
+            calls.spawn(async move { (id, link.call(WorkerRequest::Stats, Duration::from_secs(1)).await) });
+        }
+    }
+    while let Some(Ok((id, r))) = calls.join_next().await {
+        if let Ok(WorkerResponse::Stats { live_keys, bytes }) = r {
+            if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
+                n.keys = Some(live_keys);
+                n.bytes = Some(bytes);
+            }
+        }
+    }
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_ms: cluster.started.elapsed().as_millis() as u64,
+        data_dir: cluster.data.root().display().to_string(),
+        socket: cluster.settings.socket.display().to_string(),
+        replicas: ring.replicas(),
+        write_quorum: cluster.settings.write_quorum,
+        partitions: ring.partitions(),
+        nodes,
+    }
+}
+
+fn ring(server: &Server) -> RingReport {
+    let ring = server.cluster.ring();
+    RingReport {
+        partitions: ring.partitions(),
+        replicas: ring.replicas(),
+        nodes: ring
+            .nodes()
+            .iter()
+            .map(|&id| RingShare { id, partitions: ring.partitions_of(id).len() as u32, share: ring.share(id) })
+            .collect(),
+    }
+}
+
+fn node_restart(server: &Server, id: NodeId) -> Result<Response, Error> {
+    if !server.cluster.send(id, Event::Restart) {
+        return Err(Error::NoSuchNode(id));
+    }
+    Ok(Response::Done)
+}
+
+fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
+    let cluster = &server.cluster;
+    if cluster.state_of(id).is_none() {
+        return Err(Error::NoSuchNode(id));
+    }
+    // Setting a node's data aside is only safe while every other replica is there to rebuild
+    // it from; otherwise some keys would be left on fewer than W nodes.
+    let others_down: Vec<String> = cluster
+        .nodes
+        .read()
+        .expect("nodes lock")
+        .iter()
+        .filter(|(&n, s)| n != id && s.state != NodeState::Up)
+        .map(|(n, s)| format!("{n} is {}", s.state.as_str()))
+        .collect();
+    if !others_down.is_empty() {
+        return Err(Error::Refused(format!(
+            "cannot rebuild node {id} while other nodes are not up ({}); wait for them",
+            others_down.join(", ")
+        )));
+    }
+    cluster.send(id, Event::Rebuild);
+    Ok(Response::Done)
+}

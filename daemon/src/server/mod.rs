@@ -1,0 +1,237 @@
+//! chd's front: the Unix socket, its connections, and the life cycle of the daemon.
+
+mod auth;
+mod conn;
+mod handlers;
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chd_data::proto::NodeState;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::cluster::Cluster;
+use crate::config::Settings;
+use crate::coordinator::{Coordinator, KeyLocks};
+use crate::datadir::{ClusterFile, DataDir};
+use crate::supervisor::{self, spawn::Spawner, Event};
+use crate::versions::Versions;
+
+pub struct Server {
+    pub cluster: Arc<Cluster>,
+    pub coordinator: Coordinator,
+}
+
+/// How long startup waits for every node before serving with those that are up.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// How long a graceful stop waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // Refuse a second chd before creating anything.
+    refuse_live_socket(&settings.socket)?;
+    let data = DataDir::open(&settings.data_dir)?;
+    // Absolute paths from here on: workers and status output do not depend on chd's cwd.
+    settings.data_dir = data.root().to_path_buf();
+    settings.socket = std::path::absolute(&settings.socket)?;
+    let (file, fresh) = match data.load_cluster()? {
+        Some(f) => {
+            if settings.replicas_explicit && f.ring.replicas() != settings.replicas {
+                bail!(
+                    "replicas: data dir {} was created with {} replicas; changing it is not supported",
+                    settings.data_dir.display(),
+                    f.ring.replicas()
+                );
+            }
+            (f, false)
+        }
+        None => {
+            let ids: Vec<u32> = (0..settings.nodes).collect();
+            let ring = chd_data::Ring::new(&ids, settings.replicas, chd_data::ring::DEFAULT_PARTITIONS)?;
+            let f = ClusterFile { format: 1, ring, next_node_id: settings.nodes };
+            data.save_cluster(&f)?;
+            info!(nodes = settings.nodes, replicas = settings.replicas, "created a new data dir");
+            (f, true)
+        }
+    };
+    if settings.write_quorum > file.ring.replicas() {
+        bail!("write_quorum: {} is more than the data dir's {} replicas", settings.write_quorum, file.ring.replicas());
+    }
+    let listener = bind(&settings.socket, settings.socket_mode)?;
+    let cluster = Cluster::new(settings.clone(), data, file.ring.clone());
+    let spawner = Spawner::start()?;
+    for &id in file.ring.nodes() {
+        supervisor::start_node(&cluster, &spawner, id, fresh);
+    }
+    notify_status("starting nodes");
+    wait_for_nodes(&cluster).await;
+    let floor = cluster.nodes.read().expect("nodes lock").values().map(|s| s.max_version).max().unwrap_or(0);
+    let versions = Versions::open(cluster.data.versions_path(), floor)?;
+    let server = Arc::new(Server { cluster: cluster.clone(), coordinator: Coordinator { cluster, versions, locks: KeyLocks::default() } });
+
+    let up = count_up(&server.cluster);
+    info!(socket = %settings.socket.display(), data_dir = %settings.data_dir.display(), nodes_up = up, "chd is ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify_status(&format!("serving; {up} nodes up"));
+    start_watchdog(server.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (server, stop_rx, conn_tx) = (server.clone(), stop_rx.clone(), conn_tx.clone());
+                    tokio::spawn(async move {
+                        conn::serve(server, stream, stop_rx).await;
+                        drop(conn_tx);
+                    });
+                }
+                Err(e) => {
+                    // Out of fds and the like: back off rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+        }
+    }
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(listener);
+    let _ = std::fs::remove_file(&settings.socket);
+    let _ = stop_tx.send(true);
+    drop(conn_tx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, conn_rx.recv()).await.is_err() {
+        warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    let ids: Vec<u32> = server.cluster.nodes.read().expect("nodes lock").keys().copied().collect();
+    let mut waits = Vec::new();
+    for id in ids {
+        let (done, wait) = oneshot::channel();
+        if server.cluster.send(id, Event::Shutdown(done)) {
+            waits.push(wait);
+        }
+    }
+    for w in waits {
+        let _ = tokio::time::timeout(Duration::from_secs(15), w).await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the socket, refusing if a live chd answers on it and replacing a stale file left by
+/// one that was killed.
+fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        } else if dir.starts_with("/tmp") && dir != Path::new("/tmp") {
+            // A directory under /tmp that someone else made could let them swap our socket.
+            let meta = std::fs::metadata(dir)?;
+            if meta.uid() != nix::unistd::Uid::effective().as_raw() {
+                bail!("socket directory {} belongs to uid {}, not to us; remove it or pass --socket", dir.display(), meta.uid());
+            }
+        }
+    }
+    if path.exists() {
+        refuse_live_socket(path)?;
+        warn!(socket = %path.display(), "removing stale socket of a chd that is gone");
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}
+
+fn refuse_live_socket(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another chd is serving socket {}; stop it first", path.display());
+    }
+    Ok(())
+}
+
+fn count_up(cluster: &Cluster) -> usize {
+    cluster.nodes.read().expect("nodes lock").values().filter(|s| s.state == NodeState::Up).count()
+}
+
+/// Waits until no node is still starting (or until [`STARTUP_WAIT`]).
+async fn wait_for_nodes(cluster: &Cluster) {
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    loop {
+        let starting = cluster
+            .nodes
+            .read()
+            .expect("nodes lock")
+            .values()
+            .filter(|s| matches!(s.state, NodeState::Starting))
+            .count();
+        if starting == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            error!(starting, "nodes did not start in time; serving with the others");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn notify_status(s: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(s)]);
+}
+
+/// Pings systemd's watchdog while chd's runtime and its node table stay responsive; a chd that
+/// is stopped or deadlocked stops pinging and systemd restarts it. Also keeps STATUS= current.
+fn start_watchdog(server: Arc<Server>) {
+    let interval = sd_notify::watchdog_enabled();
+    let enabled = interval.is_some();
+    tokio::spawn(async move {
+        let every = interval.map_or(Duration::from_secs(2), |d| d / 2);
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let status = describe(&server.cluster);
+            if enabled {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            if status != last {
+                notify_status(&status);
+                last = status;
+            }
+        }
+    });
+}
+
+fn describe(cluster: &Cluster) -> String {
+    let nodes = cluster.nodes.read().expect("nodes lock");
+    let up = nodes.values().filter(|s| s.state == NodeState::Up).count();
+    let mut s = format!("serving; {up}/{} nodes up", nodes.len());
+    for (id, slot) in nodes.iter() {
+        if slot.state == NodeState::Up {
+            continue;
+        }
+        match &slot.progress {
+            Some(p) if !p.finished && p.partitions_total > 0 => {
+                let pct = 100 * p.partitions_done / p.partitions_total;
+                s += &format!("; {} node {id}: {pct}%", p.what);
+            }
+            _ => s += &format!("; node {id} {}", slot.state.as_str()),
+        }
+    }
+    s
+}

@@ -1,0 +1,72 @@
+//! The storage seam: a worker keeps its records in an [`Engine`], an ordered byte map that can
+//! be made durable on demand.
+//!
+//! The trait is deliberately narrow (get, put, delete, ordered scan, sync) so that the engine
+//! can be replaced (sled is unmaintained; see NOTES) without touching anything above it. The
+//! record logic (versions, tombstones, counters) lives in [`crate::worker::node`] and is shared
+//! by every engine. One conformance suite ([`tests`]) runs against each engine.
+
+#[cfg(test)]
+pub mod memory;
+pub mod sled;
+
+use std::io;
+
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+pub trait Engine: Send {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
+    /// Inserts or overwrites. Not durable until [`Engine::sync`] returns.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()>;
+    fn delete(&mut self, key: &[u8]) -> io::Result<()>;
+    /// Entries with `from <= key < to`, ascending; at most `limit` of them.
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<Entry>>;
+    /// Makes every earlier put and delete survive a crash of the process and of the machine.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Bytes the engine occupies on disk (an estimate is fine).
+    fn size_on_disk(&self) -> u64;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The conformance suite every engine passes.
+    use super::*;
+
+    pub fn conformance(e: &mut dyn Engine) {
+        assert_eq!(e.get(b"a").unwrap(), None);
+        e.put(b"b", b"2").unwrap();
+        e.put(b"a", b"1").unwrap();
+        e.put(b"c", b"3").unwrap();
+        e.put(b"b", b"22").unwrap();
+        assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
+        e.delete(b"c").unwrap();
+        e.delete(b"never").unwrap();
+        assert_eq!(e.get(b"c").unwrap(), None);
+        e.put(&[0xff, 0], b"high").unwrap();
+        e.put(b"", b"empty key").unwrap();
+        e.sync().unwrap();
+        let all = e.scan(b"", &[0xff, 0xff], usize::MAX).unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![&b""[..], b"a", b"b", &[0xff, 0]]);
+        assert_eq!(e.scan(b"a", b"b", 10).unwrap(), vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!(e.scan(b"", &[0xff, 0xff], 2).unwrap().len(), 2);
+        assert!(e.scan(b"b", b"b", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn memory_engine_conforms() {
+        conformance(&mut memory::MemoryEngine::default());
+    }
+
+    #[test]
+    fn sled_engine_conforms_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = sled::SledEngine::open(dir.path()).unwrap();
+            conformance(&mut e);
+        }
+        let e = sled::SledEngine::open(dir.path()).unwrap();
+        assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
+        assert!(e.size_on_disk() > 0);
+    }
+}

@@ -1,0 +1,115 @@
+//! chd's end of a worker's socketpair: send a request, await its reply, with a deadline.
+//!
+//! Requests from many tasks are queued to one writer task, which coalesces whatever is queued
+//! into one write (a batch that the worker will apply under one sync). A reader task routes
+//! replies by id. When the worker dies its socket closes and every pending call fails at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chd_data::proto::encode_frame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{Frame, WorkerHello, WorkerRequest, WorkerResponse, MAX_WORKER_FRAME};
+use crate::frame::read_frame;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("worker is gone")]
+    Closed,
+    #[error("worker did not answer in {0:?}")]
+    Timeout(Duration),
+    #[error("worker failed: {0}")]
+    Failed(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WorkerResponse>>>>;
+
+#[derive(Clone)]
+pub struct WorkerLink {
+    tx: mpsc::UnboundedSender<(WorkerRequest, oneshot::Sender<WorkerResponse>)>,
+    closed: Arc<AtomicBool>,
+}
+
+impl WorkerLink {
+    /// Starts the link's tasks. The first message of a worker is its hello, delivered on the
+    /// returned receiver; `closed` fires when the worker's end of the socket closes.
+    pub fn start(stream: UnixStream) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
+        let (rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(WorkerRequest, oneshot::Sender<WorkerResponse>)>();
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (hello_tx, hello_rx) = oneshot::channel();
+        let (closed_tx, closed_rx) = oneshot::channel();
+
+        let writer_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut next_id = 1u64;
+            let mut buf = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut item = Some(first);
+                while let Some((req, reply)) = item.take() {
+                    writer_pending.lock().expect("pending lock").insert(next_id, reply);
+                    encode_frame(&Frame { id: next_id, msg: req }, &mut buf);
+                    next_id += 1;
+                    if buf.len() < (1 << 20) {
+                        item = rx.try_recv().ok();
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+
+        let reader_closed = closed.clone();
+        tokio::spawn(async move {
+            let mut rd = rd;
+            let mut hello_tx = Some(hello_tx);
+            while let Ok(Some(body)) = read_frame(&mut rd, MAX_WORKER_FRAME).await {
+                let Ok(frame) = chd_data::proto::decode_body::<Frame<WorkerResponse>>(&body) else { break };
+                match (frame.id, frame.msg) {
+                    (0, WorkerResponse::Hello(h)) => {
+                        if let Some(tx) = hello_tx.take() {
+                            let _ = tx.send(h);
+                        }
+                    }
+                    (id, msg) => {
+                        if let Some(reply) = pending.lock().expect("pending lock").remove(&id) {
+                            let _ = reply.send(msg);
+                        }
+                    }
+                }
+            }
+            reader_closed.store(true, Ordering::SeqCst);
+            // Dropping the senders fails every call still waiting.
+            pending.lock().expect("pending lock").clear();
+            let _ = closed_tx.send(());
+        });
+
+        (WorkerLink { tx, closed }, hello_rx, closed_rx)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub async fn call(&self, req: WorkerRequest, timeout: Duration) -> Result<WorkerResponse, LinkError> {
+        if self.is_closed() {
+            return Err(LinkError::Closed);
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx.send((req, reply_tx)).map_err(|_| LinkError::Closed)?;
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Err(_) => Err(LinkError::Timeout(timeout)),
+            Ok(Err(_)) => Err(LinkError::Closed),
+            Ok(Ok(WorkerResponse::Failed(e))) => Err(LinkError::Failed(e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}

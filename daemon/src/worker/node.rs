@@ -1,0 +1,252 @@
+//! A node's records on top of any [`Engine`]: newest version wins, deletes are tombstones, and
+//! the live-key count is kept up to date.
+//!
+//! Layout in the engine: a data key is the 4-byte big-endian partition followed by the user key,
+//! so one partition is one contiguous range (cheap to scan, digest, or drop). Node metadata
+//! lives under the prefix `ff ff ff ff`, above every partition.
+
+use std::io;
+
+use chd_data::ring::partition_of;
+use chd_data::{NodeId, Record};
+
+use crate::storage::Engine;
+
+const META: [u8; 4] = [0xff; 4];
+const IDENTITY: &[u8] = b"identity";
+const REBUILD_PENDING: &[u8] = b"rebuild-pending";
+
+pub struct Node<E> {
+    engine: E,
+    partitions: u32,
+    live_keys: u64,
+    max_version: u64,
+}
+
+fn data_key(partition: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn meta_key(name: &[u8]) -> Vec<u8> {
+    [&META[..], name].concat()
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {what}"))
+}
+
+impl<E: Engine> Node<E> {
+    /// Opens a node, counting its live keys and finding its highest version (one full scan).
+    pub fn open(engine: E, partitions: u32) -> io::Result<Node<E>> {
+        assert!(partitions < u32::from_be_bytes(META), "partition ids collide with metadata");
+        let mut node = Node { engine, partitions, live_keys: 0, max_version: 0 };
+        let mut from = Vec::new();
+        loop {
+            let batch = node.engine.scan(&from, &META, 10_000)?;
+            let Some((last, _)) = batch.last() else { break };
+            from = [last.as_slice(), &[0]].concat();
+            for (_, v) in &batch {
+                let r = Record::decode(v).ok_or_else(|| corrupt("undecodable"))?;
+                node.max_version = node.max_version.max(r.version);
+                node.live_keys += u64::from(!r.is_tombstone());
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn identity(&self) -> io::Result<Option<NodeId>> {
+        match self.engine.get(&meta_key(IDENTITY))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(u32::from_be_bytes(v.try_into().map_err(|_| corrupt("identity"))?))),
+        }
+    }
+
+    pub fn rebuild_pending(&self) -> io::Result<bool> {
+        Ok(self.engine.get(&meta_key(REBUILD_PENDING))?.is_some())
+    }
+
+    pub fn set_identity(&mut self, node: NodeId, rebuild_pending: bool) -> io::Result<()> {
+        self.engine.put(&meta_key(IDENTITY), &node.to_be_bytes())?;
+        if rebuild_pending {
+            self.engine.put(&meta_key(REBUILD_PENDING), b"1")?;
+        } else {
+            self.engine.delete(&meta_key(REBUILD_PENDING))?;
+        }
+        Ok(())
+    }
+
+    pub fn live_keys(&self) -> u64 {
+        self.live_keys
+    }
+
+    pub fn max_version(&self) -> u64 {
+        self.max_version
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.engine.size_on_disk()
+    }
+
+    pub fn get(&self, key: &[u8]) -> io::Result<Option<Record>> {
+        let k = data_key(partition_of(key, self.partitions), key);
+        match self.engine.get(&k)? {
+            None => Ok(None),
+            Some(v) => Record::decode(&v).map(Some).ok_or_else(|| corrupt("undecodable")),
+        }
+    }
+
+    /// Stores `record` unless the stored version is equal or newer. Returns whether it stored.
+    pub fn put(&mut self, key: &[u8], record: &Record) -> io::Result<bool> {
+        let k = data_key(partition_of(key, self.partitions), key);
+        let old = match self.engine.get(&k)? {
+            None => None,
+            Some(v) => Some(Record::decode(&v).ok_or_else(|| corrupt("undecodable"))?),
+        };
+        if old.as_ref().is_some_and(|o| o.version >= record.version) {
+            return Ok(false);
+        }
+        self.engine.put(&k, &record.encode())?;
+        let was_live = old.is_some_and(|o| !o.is_tombstone());
+        match (was_live, record.is_tombstone()) {
+            (false, false) => self.live_keys += 1,
+            (true, true) => self.live_keys -= 1,
+            _ => {}
+        }
+        self.max_version = self.max_version.max(record.version);
+        Ok(true)
+    }
+
+    /// (key, version) pairs of `partition` after `after`, ascending, at most `limit`.
+    pub fn versions(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<(Vec<u8>, u64)>> {
+        let from = match after {
+            Some(a) => [data_key(partition, a).as_slice(), &[0]].concat(),
+            None => data_key(partition, b""),
+        };
+        let to = data_key(partition + 1, b"");
+        self.engine
+            .scan(&from, &to, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let version = Record::decode_version(&v).ok_or_else(|| corrupt("no version"))?;
+                Ok((k[4..].to_vec(), version))
+            })
+            .collect()
+    }
+
+    /// A digest of every (key, version) in `partition`: two replicas with equal digests hold
+    /// the same records, because a version names exactly one write.
+    pub fn digest(&self, partition: u32) -> io::Result<[u8; 32]> {
+        let mut h = blake3::Hasher::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.versions(partition, after.as_deref(), 4096)?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in &batch {
+                h.update(&(k.len() as u32).to_be_bytes());
+                h.update(k);
+                h.update(&v.to_be_bytes());
+            }
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Removes every record of `partition` (after it moved to other nodes). Returns how many.
+    pub fn drop_partition(&mut self, partition: u32) -> io::Result<u64> {
+        let mut dropped = 0;
+        loop {
+            let batch = self.engine.scan(&data_key(partition, b""), &data_key(partition + 1, b""), 4096)?;
+            if batch.is_empty() {
+                return Ok(dropped);
+            }
+            for (k, v) in batch {
+                if Record::decode(&v).is_some_and(|r| !r.is_tombstone()) {
+                    self.live_keys -= 1;
+                }
+                self.engine.delete(&k)?;
+                dropped += 1;
+            }
+        }
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.engine.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+
+    fn rec(version: u64, value: Option<&str>) -> Record {
+        Record { version, value: value.map(|v| v.as_bytes().to_vec()) }
+    }
+
+    #[test]
+    fn newest_version_wins_and_tombstones_stick() {
+        let mut n = Node::open(MemoryEngine::default(), 64).unwrap();
+        assert!(n.put(b"k", &rec(5, Some("five"))).unwrap());
+        assert!(!n.put(b"k", &rec(3, Some("three"))).unwrap());
+        assert!(!n.put(b"k", &rec(5, Some("again"))).unwrap());
+        assert_eq!(n.get(b"k").unwrap(), Some(rec(5, Some("five"))));
+        assert!(n.put(b"k", &rec(7, None)).unwrap());
+        assert!(!n.put(b"k", &rec(6, Some("late"))).unwrap());
+        assert_eq!(n.get(b"k").unwrap(), Some(rec(7, None)));
+        assert_eq!(n.live_keys(), 0);
+        assert_eq!(n.max_version(), 7);
+    }
+
+    #[test]
+    fn counts_survive_reopen_and_partition_drop() {
+        let mut n = Node::open(MemoryEngine::default(), 8).unwrap();
+        for i in 0..100u32 {
+            n.put(&i.to_be_bytes(), &rec(u64::from(i) + 1, Some("v"))).unwrap();
+        }
+        n.put(&7u32.to_be_bytes(), &rec(500, None)).unwrap();
+        n.set_identity(3, false).unwrap();
+        assert_eq!(n.live_keys(), 99);
+        let n = Node::open(n.engine, 8).unwrap();
+        assert_eq!((n.live_keys(), n.max_version()), (99, 500));
+        assert_eq!(n.identity().unwrap(), Some(3));
+        let mut n = n;
+        let p = partition_of(&1u32.to_be_bytes(), 8);
+        let in_p = n.versions(p, None, usize::MAX).unwrap().len() as u64;
+        let live_in_p = in_p - u64::from(partition_of(&7u32.to_be_bytes(), 8) == p);
+        assert_eq!(n.drop_partition(p).unwrap(), in_p);
+        assert_eq!(n.live_keys(), 99 - live_in_p);
+        assert_eq!(n.get(&1u32.to_be_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn digests_differ_exactly_when_records_do() {
+        let mut a = Node::open(MemoryEngine::default(), 4).unwrap();
+        let mut b = Node::open(MemoryEngine::default(), 4).unwrap();
+        for i in 0..50u32 {
+            a.put(&i.to_be_bytes(), &rec(1, Some("x"))).unwrap();
+            b.put(&i.to_be_bytes(), &rec(1, Some("x"))).unwrap();
+        }
+        assert!((0..4).all(|p| a.digest(p).unwrap() == b.digest(p).unwrap()));
+        b.put(&9u32.to_be_bytes(), &rec(2, Some("y"))).unwrap();
+        let p = partition_of(&9u32.to_be_bytes(), 4);
+        for q in 0..4 {
+            assert_eq!(a.digest(q).unwrap() == b.digest(q).unwrap(), q != p);
+        }
+    }
+
+    #[test]
+    fn versions_pages_through_a_partition() {
+        let mut n = Node::open(MemoryEngine::default(), 1).unwrap();
+        for i in 0..10u8 {
+            n.put(&[i], &rec(u64::from(i) + 1, Some("v"))).unwrap();
+        }
+        let first = n.versions(0, None, 4).unwrap();
+        assert_eq!(first.len(), 4);
+        let rest = n.versions(0, Some(&first[3].0), 100).unwrap();
+        assert_eq!(rest.len(), 6);
+        assert_eq!(rest[0].0, vec![4]);
+    }
+}

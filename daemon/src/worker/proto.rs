@@ -1,0 +1,62 @@
+//! Messages between chd and one worker over their socketpair: the same framing as the client
+//! protocol ([`chd_data::proto`]), with chd's internal requests.
+
+use chd_data::{NodeId, Record};
+use serde::{Deserialize, Serialize};
+
+/// Frames on the worker link may carry a batch of records, so they get more room than a
+/// client frame; every batch is cut well below this.
+pub const MAX_WORKER_FRAME: usize = 2 * chd_data::proto::MAX_FRAME;
+
+/// The worker's first message (id 0), sent once its database is open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHello {
+    pub pid: u32,
+    /// The node id stored in the database, `None` if the database is new or was lost.
+    pub identity: Option<NodeId>,
+    /// A rebuild of this node was started and has not finished.
+    pub rebuild_pending: bool,
+    pub max_version: u64,
+    pub live_keys: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame<T> {
+    pub id: u64,
+    pub msg: T,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerRequest {
+    /// Store unless a record with an equal or higher version is there. Answered once durable.
+    Put { key: Vec<u8>, record: Record },
+    Get { key: Vec<u8> },
+    Ping,
+    Stats,
+    /// One digest of the (key, version) pairs of each named partition.
+    Digests { partitions: Vec<u32> },
+    /// (key, version) pairs of a partition, ascending, after `after`.
+    Versions { partition: u32, after: Option<Vec<u8>>, limit: u32 },
+    GetMany { keys: Vec<Vec<u8>> },
+    /// Newest-wins store of many records; answered once durable with how many were newer.
+    PutMany { entries: Vec<(Vec<u8>, Record)> },
+    DropPartition { partition: u32 },
+    /// Writes this node's identity and whether a rebuild is pending, durably.
+    SetIdentity { node: NodeId, rebuild_pending: bool },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerResponse {
+    Hello(WorkerHello),
+    Stored(bool),
+    Record(Option<Record>),
+    Pong,
+    Stats { live_keys: u64, bytes: u64 },
+    Digests(Vec<[u8; 32]>),
+    Versions(Vec<(Vec<u8>, u64)>),
+    Records(Vec<(Vec<u8>, Option<Record>)>),
+    Count(u64),
+    Done,
+    Failed(String),
+}

@@ -1,0 +1,359 @@
+//! The wire protocol between chctl (or any client) and chd.
+//!
+//! A frame is a 4-byte big-endian body length followed by a postcard body. A client sends
+//! [`ClientFrame`]s (a request id and a [`Request`]); chd answers each with a [`ServerFrame`]
+//! carrying the same id, so a client may pipeline many requests on one connection. The first
+//! request must be [`Request::Hello`], which checks that both sides speak the same protocol.
+//!
+//! Limits: the length prefix is checked against [`MAX_FRAME`] before any body byte is read, so
+//! an oversized frame costs chd four bytes of buffer, not 4 GiB. Keys and values are checked
+//! against [`MAX_KEY`] and [`MAX_VALUE`] after decoding.
+//!
+//! postcard encodes enum variants by position: new requests are only ever appended, and
+//! [`PROTOCOL_VERSION`] is raised whenever an existing message changes shape.
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::ring::NodeId;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest key accepted.
+pub const MAX_KEY: usize = 64 * 1024;
+/// Largest value accepted.
+pub const MAX_VALUE: usize = 32 * 1024 * 1024;
+/// Largest frame body: a maximal key and value plus room for the envelope.
+pub const MAX_FRAME: usize = MAX_KEY + MAX_VALUE + 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    pub id: u64,
+    pub response: Result<Response, Error>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Hello { protocol: u32, client: String },
+    Get { key: Vec<u8> },
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Del { key: Vec<u8> },
+    Status,
+    Ring,
+    NodeRestart { id: NodeId },
+    NodeRebuild { id: NodeId },
+    Repair,
+    /// Progress of a rebuild or migration, polled by chctl to draw its progress bar.
+    Progress { id: NodeId },
+}
+
+impl Request {
+    /// Checks the sizes a request carries, before chd acts on it.
+    pub fn validate(&self) -> Result<(), Error> {
+        let check_key = |key: &[u8]| {
+            if key.is_empty() {
+                Err(Error::EmptyKey)
+            } else if key.len() > MAX_KEY {
+                Err(Error::KeyTooLarge { len: key.len() as u64, max: MAX_KEY as u64 })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Request::Get { key } | Request::Del { key } => check_key(key),
+            Request::Set { key, value } => {
+                check_key(key)?;
+                if value.len() > MAX_VALUE {
+                    return Err(Error::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE as u64 });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello { protocol: u32, server: String },
+    /// The value of a key, or `None` when it does not exist (never written, or deleted).
+    Value(Option<Vec<u8>>),
+    /// A write is durable on at least W replicas.
+    Done,
+    Status(StatusReport),
+    Ring(RingReport),
+    Repair(RepairReport),
+    Progress(Option<NodeProgress>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Serving reads and writes.
+    Up,
+    /// Spawned, opening its database.
+    Starting,
+    /// Not running; waiting to be respawned.
+    Down,
+    /// Running but not answering; about to be killed and respawned.
+    Hung,
+    /// Has its data but may have missed writes; takes writes, not reads, until synced.
+    CatchingUp,
+    /// Lost its data; takes writes, not reads, while every range is copied back.
+    Rebuilding,
+    /// Crashed too often; not respawned until `chctl node restart`.
+    Failed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Starting => "starting",
+            NodeState::Down => "down",
+            NodeState::Hung => "hung",
+            NodeState::CatchingUp => "catching_up",
+            NodeState::Rebuilding => "rebuilding",
+            NodeState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub data_dir: String,
+    pub socket: String,
+    pub replicas: u32,
+    pub write_quorum: u32,
+    pub partitions: u32,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub pid: Option<u32>,
+    pub state: NodeState,
+    pub restarts: u32,
+    /// Live keys (tombstones excluded); `None` while the node cannot be asked.
+    pub keys: Option<u64>,
+    pub bytes: Option<u64>,
+    pub progress: Option<NodeProgress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeProgress {
+    pub what: String,
+    pub partitions_done: u32,
+    pub partitions_total: u32,
+    pub keys: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+    pub finished: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RingReport {
+    pub partitions: u32,
+    pub replicas: u32,
+    pub nodes: Vec<RingShare>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RingShare {
+    pub id: NodeId,
+    pub partitions: u32,
+    /// Fraction of the key space this node stores a replica of.
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairReport {
+    pub partitions_checked: u64,
+    pub partitions_differing: u64,
+    pub keys_repaired: u64,
+    pub bytes_repaired: u64,
+    pub unreachable_nodes: Vec<NodeId>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error(transparent)]
+    Protocol(#[from] Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Appends one frame holding `msg` to `out`.
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // Serializing our own types to a Vec cannot fail.
+    let out_vec = std::mem::take(out);
+    let mut out_vec = postcard::to_extend(msg, out_vec).expect("postcard to Vec");
+    let len = (out_vec.len() - start - 4) as u32;
+    out_vec[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    *out = out_vec;
+}
+
+/// If `buf` starts with a whole frame, the length of its body. Checks the length prefix against
+/// `max` first, so a hostile prefix is refused before anything is buffered for it.
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
+    let Some(prefix) = buf.get(..4) else { return Ok(None) };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    if len > max {
+        return Err(Error::FrameTooLarge { len: len as u64, max: max as u64 });
+    }
+    Ok((buf.len() >= 4 + len).then_some(len))
+}
+
+/// Decodes a frame body. On failure, the error names what was wrong.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    match postcard::from_bytes(body) {
+        Ok(msg) => Ok(msg),
+        Err(postcard::Error::DeserializeBadEnum) => Err(Error::Malformed(
+            "unknown request type; is chctl newer than chd?".into(),
+        )),
+        Err(e) => Err(Error::Malformed(e.to_string())),
+    }
+}
+
+/// The request id at the start of a client frame body, so that even a request that cannot be
+/// decoded is answered under its own id.
+pub fn peek_id(body: &[u8]) -> u64 {
+    postcard::take_from_bytes::<u64>(body).map_or(0, |(id, _)| id)
+}
+
+/// Reads one frame body from a blocking reader. `Ok(None)` on a clean end of stream.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut prefix = [0u8; 4];
+    match read_full(r, &mut prefix)? {
+        0 => return Ok(None),
+        4 => {}
+        _ => return Err(FrameError::Truncated),
+    }
+    let len = frame_len(&prefix, max)?.unwrap_or_else(|| u32::from_be_bytes(prefix) as usize);
+    let mut body = vec![0; len];
+    if read_full(r, &mut body)? != len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(body))
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf);
+    w.write_all(&buf)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(req: Request) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_frame(&ClientFrame { id: 42, request: req }, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn round_trip_through_a_stream() {
+        let reqs = [
+            Request::Hello { protocol: PROTOCOL_VERSION, client: "t".into() },
+            Request::Set { key: b"k".to_vec(), value: vec![0, 255, 10, 13] },
+            Request::Get { key: b"k".to_vec() },
+            Request::Del { key: b"k".to_vec() },
+            Request::Status,
+        ];
+        let mut stream = Vec::new();
+        for r in &reqs {
+            stream.extend(frame(r.clone()));
+        }
+        let mut reader = &stream[..];
+        for r in &reqs {
+            let body = read_frame(&mut reader, MAX_FRAME).unwrap().unwrap();
+            assert_eq!(peek_id(&body), 42);
+            let f: ClientFrame = decode_body(&body).unwrap();
+            assert_eq!(&f.request, r);
+        }
+        assert!(read_frame(&mut reader, MAX_FRAME).unwrap().is_none());
+    }
+
+    #[test]
+    fn truncated_frames_are_reported() {
+        let whole = frame(Request::Get { key: b"key".to_vec() });
+        for cut in 1..whole.len() {
+            let mut r = &whole[..cut];
+            assert!(matches!(read_frame(&mut r, MAX_FRAME), Err(FrameError::Truncated)), "cut at {cut}");
+            assert_eq!(frame_len(&whole[..cut], MAX_FRAME).unwrap(), None);
+        }
+        assert_eq!(frame_len(&whole, MAX_FRAME).unwrap(), Some(whole.len() - 4));
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_reading_the_body() {
+        let prefix = (MAX_FRAME as u32 + 1).to_be_bytes();
+        assert!(matches!(frame_len(&prefix, MAX_FRAME), Err(Error::FrameTooLarge { .. })));
+        let mut r = &prefix[..];
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME),
+            Err(FrameError::Protocol(Error::FrameTooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors_not_panics() {
+        let mut seed = 1u64;
+        for len in 0..300 {
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 56) as u8
+                })
+                .collect();
+            let _ = decode_body::<ClientFrame>(&body);
+            let _ = peek_id(&body);
+        }
+        let unknown_variant = [1u8, 200];
+        assert!(matches!(decode_body::<ClientFrame>(&unknown_variant), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn sizes_are_validated() {
+        let big_key = Request::Get { key: vec![b'k'; MAX_KEY + 1] };
+        assert!(matches!(big_key.validate(), Err(Error::KeyTooLarge { .. })));
+        let big_value = Request::Set { key: b"k".to_vec(), value: vec![0; MAX_VALUE + 1] };
+        assert!(matches!(big_value.validate(), Err(Error::ValueTooLarge { .. })));
+        assert_eq!(Request::Del { key: vec![] }.validate(), Err(Error::EmptyKey));
+        assert!(Request::Set { key: vec![1; MAX_KEY], value: vec![0; 10] }.validate().is_ok());
+    }
+}
