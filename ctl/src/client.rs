@@ -42,7 +42,8 @@ impl Client {
             next_id: 1,
             socket: socket.to_path_buf(),
         };
-        let hello = Request::Hello { protocol: PROTOCOL_VERSION, client: format!("chctl {}", env!("CARGO_PKG_VERSION")) };
+        let hello =
+            Request::Hello { protocol: PROTOCOL_VERSION, client: format!("chctl {}", env!("CARGO_PKG_VERSION")) };
         match client.call(hello) {
             Ok(Response::Hello { .. }) => Ok(client),
             Ok(other) => bail!("chd answered hello with {other:?}"),

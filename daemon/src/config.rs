@@ -161,8 +161,7 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<(Option<PathBuf>, FileCo
         None => return Ok((None, FileConfig::default())),
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let file: FileConfig =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     Ok((Some(path), file))
 }
 
@@ -176,7 +175,9 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     }
     match var("HOME") {
         Some(h) => Ok(PathBuf::from(h).join(".local/state/chd")),
-        None => bail!("data_dir: no default (neither STATE_DIRECTORY, XDG_STATE_HOME nor HOME is set); pass --data-dir"),
+        None => {
+            bail!("data_dir: no default (neither STATE_DIRECTORY, XDG_STATE_HOME nor HOME is set); pass --data-dir")
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 //! soon as enough replicas answered; a node that does not answer within [`CALL_TIMEOUT`] simply
 //! does not count.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +51,8 @@ impl KeyLocks {
     /// Waits for the key's turn. Waiters are served in arrival order (tokio's mutex is fair),
     /// so requests pipelined on one connection apply in the order they were sent.
     pub async fn lock(&self, key: &[u8]) -> OwnedMutexGuard<()> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        self.stripes[h.finish() as usize % LOCK_STRIPES].clone().lock_owned().await
+        let h = self.hasher.hash_one(key);
+        self.stripes[h as usize % LOCK_STRIPES].clone().lock_owned().await
     }
 }
 

@@ -100,9 +100,7 @@ impl DataDir {
         }
         let q = self.root.join("quarantine");
         fs::create_dir_all(&q)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut to = q.join(format!("node-{id}-{stamp}"));
         let mut n = 1;
         while to.exists() {

@@ -40,9 +40,6 @@ impl Error {
     /// Whether the same request could succeed if retried later (the data or the cluster may
     /// change), as opposed to one that will fail the same way every time.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable { .. } | Error::ShuttingDown | Error::Internal(_)
-        )
+        matches!(self, Error::Unavailable { .. } | Error::ShuttingDown | Error::Internal(_))
     }
 }

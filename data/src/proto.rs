@@ -43,17 +43,33 @@ pub struct ServerFrame {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Hello { protocol: u32, client: String },
-    Get { key: Vec<u8> },
-    Set { key: Vec<u8>, value: Vec<u8> },
-    Del { key: Vec<u8> },
+    Hello {
+        protocol: u32,
+        client: String,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Del {
+        key: Vec<u8>,
+    },
     Status,
     Ring,
-    NodeRestart { id: NodeId },
-    NodeRebuild { id: NodeId },
+    NodeRestart {
+        id: NodeId,
+    },
+    NodeRebuild {
+        id: NodeId,
+    },
     Repair,
     /// Progress of a rebuild or migration, polled by chctl to draw its progress bar.
-    Progress { id: NodeId },
+    Progress {
+        id: NodeId,
+    },
 }
 
 impl Request {
@@ -84,7 +100,10 @@ impl Request {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { protocol: u32, server: String },
+    Hello {
+        protocol: u32,
+        server: String,
+    },
     /// The value of a key, or `None` when it does not exist (never written, or deleted).
     Value(Option<Vec<u8>>),
     /// A write is durable on at least W replicas.
@@ -226,9 +245,9 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     match postcard::from_bytes(body) {
         Ok(msg) => Ok(msg),
-        Err(postcard::Error::DeserializeBadEnum) => Err(Error::Malformed(
-            "unknown request type; is chctl newer than chd?".into(),
-        )),
+        Err(postcard::Error::DeserializeBadEnum) => {
+            Err(Error::Malformed("unknown request type; is chctl newer than chd?".into()))
+        }
         Err(e) => Err(Error::Malformed(e.to_string())),
     }
 }
@@ -324,10 +343,7 @@ mod tests {
         let prefix = (MAX_FRAME as u32 + 1).to_be_bytes();
         assert!(matches!(frame_len(&prefix, MAX_FRAME), Err(Error::FrameTooLarge { .. })));
         let mut r = &prefix[..];
-        assert!(matches!(
-            read_frame(&mut r, MAX_FRAME),
-            Err(FrameError::Protocol(Error::FrameTooLarge { .. }))
-        ));
+        assert!(matches!(read_frame(&mut r, MAX_FRAME), Err(FrameError::Protocol(Error::FrameTooLarge { .. }))));
     }
 
     #[test]

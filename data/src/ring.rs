@@ -90,9 +90,7 @@ impl Ring {
         validate(members.len(), replicas, partitions)?;
         let n = members.len();
         let r = replicas as usize;
-        let table = (0..partitions as usize)
-            .map(|p| (0..r).map(|i| members[(p * r + i) % n]).collect())
-            .collect();
+        let table = (0..partitions as usize).map(|p| (0..r).map(|i| members[(p * r + i) % n]).collect()).collect();
         Ok(Ring { replicas, nodes: members, table })
     }
 

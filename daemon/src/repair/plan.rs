@@ -32,7 +32,8 @@ pub fn plan(replicas: &[Vec<(Vec<u8>, u64)>]) -> Vec<Transfer> {
     newest
         .into_iter()
         .filter_map(|(k, (version, from))| {
-            let to: Vec<usize> = (0..replicas.len()).filter(|&i| lookup[i].get(k).is_none_or(|&v| v < version)).collect();
+            let to: Vec<usize> =
+                (0..replicas.len()).filter(|&i| lookup[i].get(k).is_none_or(|&v| v < version)).collect();
             (!to.is_empty()).then(|| Transfer { key: k.to_vec(), version, from, to })
         })
         .collect()

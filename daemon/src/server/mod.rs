@@ -73,7 +73,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     wait_for_nodes(&cluster).await;
     let floor = cluster.nodes.read().expect("nodes lock").values().map(|s| s.max_version).max().unwrap_or(0);
     let versions = Versions::open(cluster.data.versions_path(), floor)?;
-    let server = Arc::new(Server { cluster: cluster.clone(), coordinator: Coordinator { cluster, versions, locks: KeyLocks::default() } });
+    let server = Arc::new(Server {
+        cluster: cluster.clone(),
+        coordinator: Coordinator { cluster, versions, locks: KeyLocks::default() },
+    });
 
     let up = count_up(&server.cluster);
     info!(socket = %settings.socket.display(), data_dir = %settings.data_dir.display(), nodes_up = up, "chd is ready");
@@ -143,7 +146,11 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
             // A directory under /tmp that someone else made could let them swap our socket.
             let meta = std::fs::metadata(dir)?;
             if meta.uid() != nix::unistd::Uid::effective().as_raw() {
-                bail!("socket directory {} belongs to uid {}, not to us; remove it or pass --socket", dir.display(), meta.uid());
+                bail!(
+                    "socket directory {} belongs to uid {}, not to us; remove it or pass --socket",
+                    dir.display(),
+                    meta.uid()
+                );
             }
         }
     }

@@ -26,12 +26,7 @@ impl Engine for MemoryEngine {
         if from >= to {
             return Ok(Vec::new());
         }
-        Ok(self
-            .map
-            .range(from.to_vec()..to.to_vec())
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.map.range(from.to_vec()..to.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
     fn sync(&mut self) -> io::Result<()> {
         Ok(())

@@ -55,11 +55,7 @@ impl Engine for SledEngine {
         if from >= to {
             return Ok(Vec::new());
         }
-        self.db
-            .range(from..to)
-            .take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io_err))
-            .collect()
+        self.db.range(from..to).take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io_err)).collect()
     }
     fn sync(&mut self) -> io::Result<()> {
         self.db.flush().map_err(io_err)?;

@@ -49,14 +49,22 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum Event {
-    Exited { generation: u64, status: Option<ExitStatus> },
-    Hung { generation: u64 },
+    Exited {
+        generation: u64,
+        status: Option<ExitStatus>,
+    },
+    Hung {
+        generation: u64,
+    },
     /// `chctl node restart`: respawn now, forgetting earlier crashes.
     Restart,
     /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas.
     Rebuild,
     /// A sync of this node finished (`ok`) for the worker of `generation`.
-    Synced { generation: u64, ok: bool },
+    Synced {
+        generation: u64,
+        ok: bool,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -186,7 +194,9 @@ impl Keeper {
 
     fn quarantine(&mut self, why: &str) {
         match self.cluster.data.quarantine(self.id) {
-            Ok(Some(to)) => warn!(node = self.id, to = %to.display(), "{why}; database moved aside, the node will be rebuilt"),
+            Ok(Some(to)) => {
+                warn!(node = self.id, to = %to.display(), "{why}; database moved aside, the node will be rebuilt")
+            }
             Ok(None) => {}
             Err(e) => error!(node = self.id, error = %e, "cannot move the database aside"),
         }

@@ -34,7 +34,7 @@ impl RestartPolicy {
 
     /// A worker exited (crashed, was killed, or was found hung) at `now`.
     pub fn on_exit(&mut self, now: Instant) -> Decision {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -79,7 +79,8 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        let mut p = RestartPolicy::new(100, Duration::from_secs(60), Duration::from_millis(100), Duration::from_secs(5));
+        let mut p =
+            RestartPolicy::new(100, Duration::from_secs(60), Duration::from_millis(100), Duration::from_secs(5));
         let t0 = Instant::now();
         let last = (0..50).map(|_| p.on_exit(t0)).last().unwrap();
         assert_eq!(last, Decision::Restart { after: Duration::from_secs(5) });

@@ -52,9 +52,7 @@ impl Spawner {
 
     pub async fn spawn(&self, id: NodeId, dir: PathBuf, partitions: u32) -> io::Result<Spawned> {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job { id, dir, partitions, reply })
-            .map_err(|_| io::Error::other("spawner thread is gone"))?;
+        self.jobs.send(Job { id, dir, partitions, reply }).map_err(|_| io::Error::other("spawner thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
     }
 }

@@ -29,20 +29,40 @@ pub struct Frame<T> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerRequest {
     /// Store unless a record with an equal or higher version is there. Answered once durable.
-    Put { key: Vec<u8>, record: Record },
-    Get { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        record: Record,
+    },
+    Get {
+        key: Vec<u8>,
+    },
     Ping,
     Stats,
     /// One digest of the (key, version) pairs of each named partition.
-    Digests { partitions: Vec<u32> },
+    Digests {
+        partitions: Vec<u32>,
+    },
     /// (key, version) pairs of a partition, ascending, after `after`.
-    Versions { partition: u32, after: Option<Vec<u8>>, limit: u32 },
-    GetMany { keys: Vec<Vec<u8>> },
+    Versions {
+        partition: u32,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    GetMany {
+        keys: Vec<Vec<u8>>,
+    },
     /// Newest-wins store of many records; answered once durable with how many were newer.
-    PutMany { entries: Vec<(Vec<u8>, Record)> },
-    DropPartition { partition: u32 },
+    PutMany {
+        entries: Vec<(Vec<u8>, Record)>,
+    },
+    DropPartition {
+        partition: u32,
+    },
     /// Writes this node's identity and whether a rebuild is pending, durably.
-    SetIdentity { node: NodeId, rebuild_pending: bool },
+    SetIdentity {
+        node: NodeId,
+        rebuild_pending: bool,
+    },
     Shutdown,
 }
 

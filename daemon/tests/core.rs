@@ -1,0 +1,205 @@
+//! Issue 2: the vertical slice, with real chd and chctl processes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use chd_data::proto::{encode_frame, read_frame, ClientFrame, Request, ServerFrame, MAX_FRAME};
+use common::*;
+
+#[test]
+fn many_keys_round_trip_and_each_sits_on_exactly_r_nodes() {
+    let chd = Chd::start(&[]);
+    let mut c = chd.client();
+    for i in 0..500 {
+        assert!(c.set(&format!("key-{i}"), &format!("value-{i}")));
+    }
+    // Through chctl too, as a user would.
+    chd.set("hello", "world");
+    assert_eq!(chd.get("hello").as_deref(), Some(&b"world"[..]));
+    for i in 0..500 {
+        assert_eq!(c.get(&format!("key-{i}")), Some(format!("value-{i}").into_bytes()));
+    }
+    assert_eq!(chd.stored_copies(), 3 * 501);
+    let status = chd.status();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4);
+    for n in nodes {
+        assert_eq!(n["state"], "up");
+        // `id` names the node's folder.
+        assert!(chd.data.join("nodes").join(n["id"].to_string()).is_dir());
+    }
+}
+
+#[test]
+fn binary_values_pass_through_stdin_byte_for_byte() {
+    let chd = Chd::start(&[]);
+    let value: Vec<u8> = (0..=255u8).chain([0, b'\n', 0xff, b'\r']).cycle().take(100_000).collect();
+    let out = chd.ctl_stdin(&["set", "bin", "-"], &value);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(chd.get("bin").unwrap(), value);
+    let out = chd.ctl_stdin(&["set", "empty", "-"], b"");
+    assert!(out.status.success());
+    assert_eq!(chd.get("empty").unwrap(), b"");
+}
+
+#[test]
+fn deleted_keys_are_gone_and_missing_keys_exit_1() {
+    let chd = Chd::start(&[]);
+    chd.set("k", "v");
+    let out = chd.ctl(&["del", "k"]);
+    assert!(out.status.success());
+    let out = chd.ctl(&["get", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no such key"), "{err}");
+    assert_eq!(chd.stored_copies(), 0, "tombstones are not counted as keys");
+    // A value written after the delete is visible again.
+    chd.set("k", "again");
+    assert_eq!(chd.get("k").as_deref(), Some(&b"again"[..]));
+}
+
+#[test]
+fn kill_9_of_chd_loses_no_acknowledged_write_and_leaves_no_worker() {
+    let mut chd = Chd::start(&[]);
+    let loads = Load::start(&chd.socket, "k9-", 4);
+    wait_for("writes under load", Duration::from_secs(30), || chd.stored_copies() > 300);
+    let workers = chd.worker_pids();
+    assert_eq!(workers.len(), 4);
+    chd.kill9();
+    let acked = Load::finish(loads);
+    wait_for("workers to die with chd", Duration::from_secs(5), || workers.iter().all(|&p| !alive(p)));
+    chd.restart();
+    check_acked(&chd, &acked);
+    // Versions kept growing across the restart: new writes win over old ones.
+    let (k, _) = acked.iter().next().unwrap();
+    chd.set(k, "after-restart");
+    assert_eq!(chd.get(k).as_deref(), Some(&b"after-restart"[..]));
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut chd = Chd::start(&[]);
+    chd.set("a", "1");
+    let workers = chd.worker_pids();
+    let status = chd.term();
+    assert!(status.success(), "chd exited with {status}");
+    assert!(!chd.socket.exists(), "socket file left behind");
+    assert!(workers.iter().all(|&p| !alive(p)));
+    chd.restart();
+    assert_eq!(chd.get("a").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn bad_frames_get_errors_and_chd_keeps_serving() {
+    let chd = Chd::start(&[]);
+    chd.set("safe", "1");
+
+    // Garbage: an error reply, then the connection closes.
+    let mut s = UnixStream::connect(&chd.socket).unwrap();
+    s.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99]).unwrap();
+    let reply = read_frame(&mut s, MAX_FRAME).unwrap().unwrap();
+    let f: ServerFrame = chd_data::proto::decode_body(&reply).unwrap();
+    assert!(matches!(f.response, Err(chd_data::Error::Malformed(_))), "{f:?}");
+    assert_eq!(s.read(&mut [0; 16]).unwrap(), 0, "connection should be closed");
+
+    // An oversized length prefix: refused without sending the body.
+    let mut s = UnixStream::connect(&chd.socket).unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let reply = read_frame(&mut s, MAX_FRAME).unwrap().unwrap();
+    let f: ServerFrame = chd_data::proto::decode_body(&reply).unwrap();
+    assert!(matches!(f.response, Err(chd_data::Error::FrameTooLarge { .. })), "{f:?}");
+
+    // A request before hello.
+    let mut s = UnixStream::connect(&chd.socket).unwrap();
+    let mut buf = Vec::new();
+    encode_frame(&ClientFrame { id: 9, request: Request::Get { key: b"safe".to_vec() } }, &mut buf);
+    s.write_all(&buf).unwrap();
+    let f: ServerFrame = chd_data::proto::decode_body(&read_frame(&mut s, MAX_FRAME).unwrap().unwrap()).unwrap();
+    assert_eq!(f.id, 9);
+    assert_eq!(f.response, Err(chd_data::Error::HelloRequired));
+
+    // An oversized key, after a proper hello.
+    let mut c = chd.client();
+    let r = c.call(Request::Set { key: vec![b'k'; 70_000], value: b"v".to_vec() }).unwrap();
+    assert!(matches!(r, Err(chd_data::Error::KeyTooLarge { .. })), "{r:?}");
+
+    // A truncated frame, then a hang-up.
+    let mut s = UnixStream::connect(&chd.socket).unwrap();
+    s.write_all(&[0, 0, 1, 0, 1, 2]).unwrap();
+    drop(s);
+
+    // Everyone else is still served, and nothing stored changed.
+    assert_eq!(chd.get("safe").as_deref(), Some(&b"1"[..]));
+    assert_eq!(chd.stored_copies(), 3);
+}
+
+#[test]
+fn a_value_over_the_limit_is_refused_and_nothing_is_stored() {
+    let chd = Chd::start(&[]);
+    let big = vec![b'x'; chd_data::proto::MAX_VALUE + 1];
+    let out = chd.ctl_stdin(&["set", "big", "-"], &big);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(chd.get("big"), None);
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        &["--replicas", "2", "--write-quorum", "3"][..],
+        &["--nodes", "2", "--replicas", "3"],
+        &["--nodes", "0"],
+        &["--write-quorum", "0"],
+    ] {
+        let out = std::process::Command::new(CHD)
+            .args(["--config", "/dev/null", "--data-dir"])
+            .arg(&data)
+            .arg("--socket")
+            .arg(dir.path().join("s"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(!data.exists(), "{args:?} created the data dir");
+    }
+}
+
+#[test]
+fn a_second_chd_is_refused_and_a_stale_socket_is_replaced() {
+    let mut chd = Chd::start(&[]);
+    let out = chd.command().output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another chd"));
+    // Another data dir on the same socket.
+    let out = std::process::Command::new(CHD)
+        .args(["--config", "/dev/null", "--data-dir"])
+        .arg(chd.dir.path().join("other"))
+        .arg("--socket")
+        .arg(&chd.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another chd is serving socket"));
+    chd.set("x", "1");
+    chd.kill9();
+    assert!(chd.socket.exists(), "kill -9 leaves the socket file behind");
+    chd.restart();
+    assert_eq!(chd.get("x").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let chd = Chd::start(&[]);
+    let mode = std::fs::metadata(&chd.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
