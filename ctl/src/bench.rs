@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// Distinct keys each client cycles through.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
     /// Skip the read phase.
     #[arg(long)]
     writes_only: bool,
@@ -81,13 +84,13 @@ fn phase(socket: &Path, args: &BenchArgs, dur: Duration, write: bool) -> anyhow:
     let start = Instant::now();
     let handles: Vec<_> = (0..args.clients)
         .map(|t| {
-            let (socket, value) = (socket.to_path_buf(), value.clone());
+            let (socket, value, keys) = (socket.to_path_buf(), value.clone(), args.keys);
             std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
                 let mut c = Client::connect(&socket)?;
                 let mut lat = Vec::new();
                 let mut i = 0u64;
                 while start.elapsed() < dur {
-                    let key = format!("bench:{t}:{}", i % 10_000).into_bytes();
+                    let key = format!("bench:{t}:{}", i % keys).into_bytes();
                     let req = if write { Request::Set { key, value: value.clone() } } else { Request::Get { key } };
                     let t0 = Instant::now();
                     c.call(req)?;
