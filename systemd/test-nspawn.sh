@@ -101,6 +101,7 @@ echo "$MACHINE" > "$ROOT/etc/hostname"
 mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
 ln -sfn "/etc/systemd/system/$UNIT.service" "$ROOT/etc/systemd/system/multi-user.target.wants/$UNIT.service"
 rm -rf "$ROOT/var/lib/chd" "$ROOT/var/lib/private/chd" "$ROOT/run/chd"   # fresh state every run
+rm -rf "$ROOT/var/log/journal/"* "$ROOT/etc/systemd/system/chd.service.d"  # journal of this run only
 for b in chd chctl; do                     # every shared library must exist in the root
   libs=$(chroot "$ROOT" ldd "/usr/local/bin/$b" 2>&1 || true)
   ! grep -q 'not found' <<<"$libs" || die "$b needs libraries missing in the root (add to ROOT_INCLUDE):
@@ -264,6 +265,30 @@ echo "   mallory: exit $rc: $out"
 ok "alice (group chd) set+get $NKEYS keys, del works, CHD_SOCKET works; mallory refused: $(head -1 <<<"$out")"
 done_
 
+# With socket_mode 0660 the kernel already refuses mallory at connect(). Open the socket to
+# everyone (--socket-mode 0666, a runtime drop-in) to check chd's own check of SO_PEERCRED
+# under the real sandbox: alice is let in by group (ProtectProc=invisible hides her /proc entry
+# from chd, so this goes through getgrouplist), mallory is refused by chd itself.
+step "chd's own peer check (socket opened to 0666): alice allowed, mallory refused by chd"
+E mkdir -p /run/systemd/system/chd.service.d
+E sh -c 'printf "[Service]\nExecStart=\nExecStart=/usr/local/bin/chd --config /etc/chd/chd.toml --socket-mode 0666\n" > /run/systemd/system/chd.service.d/50-test-open-socket.conf'
+E systemctl daemon-reload
+E systemctl restart "$UNIT" || die "restart with --socket-mode 0666"
+wait_active "restart with --socket-mode 0666"
+sockperm=$(E stat -c '%a' "$SOCK"); [ "$sockperm" = 666 ] || die "--socket-mode 0666 gave a socket of mode $sockperm"
+[ "$(as alice chctl --socket "$SOCK" get k1)" = v1 ] || die "alice (group chd) refused by chd's peer check"
+rc=0; out=$(as mallory chctl --socket "$SOCK" get k1 2>&1) || rc=$?
+[ "$rc" != 0 ] || die "chd let mallory (not in group chd) read k1 through a 0666 socket: '$out'"
+grep -qi 'permission denied' <<<"$out" || die "chd's refusal of mallory does not say 'permission denied': '$out'"
+echo "   mallory: exit $rc: $out"
+E rm -f /run/systemd/system/chd.service.d/50-test-open-socket.conf
+E systemctl daemon-reload
+E systemctl restart "$UNIT" || die "restart without the drop-in"
+wait_active "restart without the drop-in"
+[ "$(E stat -c '%a' "$SOCK")" = 660 ] || die "socket mode not back to 660"
+ok "chd's own peer check (socket 0666): alice allowed via group chd; mallory refused by chd: $(head -1 <<<"$out")"
+done_
+
 step "kill -9 of MainPID: systemd restarts chd (Restart=on-failure), keys survive"
 OLD=$(prop MainPID); N0=$(prop NRestarts)
 E sh -c "kill -9 $OLD"
@@ -273,7 +298,7 @@ done
 [ "$(prop NRestarts)" -gt "$N0" ] || die "no restart after kill -9"
 wait_active "after kill -9"
 echo "   MainPID $OLD -> $(prop MainPID), NRestarts $N0 -> $(prop NRestarts)"
-E journalctl -u "$UNIT" --no-pager | grep -E 'status=9/KILL' | tail -1 | sed 's/^/   /' || true
+E journalctl -b -u "$UNIT" --no-pager | grep -E 'status=9/KILL' | tail -1 | sed 's/^/   /' || true
 check_procs "after kill -9"
 check_keys "after kill -9"
 ok "kill -9: restarted (NRestarts $N0 -> $(prop NRestarts)), all $NKEYS keys back, no orphaned workers"
@@ -289,7 +314,7 @@ for _ in $(seq 600); do
 done
 [ "$(prop NRestarts)" -gt "$N0" ] || die "watchdog ($WD) did not restart the stopped chd within 60s"
 wait_active "after watchdog"
-wdline=$(E journalctl -u "$UNIT" --no-pager | grep -E 'Watchdog timeout' | tail -1 || true)
+wdline=$(E journalctl -b -u "$UNIT" --no-pager | grep -E 'Watchdog timeout' | tail -1 || true)
 [ -n "$wdline" ] || die "no 'Watchdog timeout' in the journal"
 echo "   $wdline"
 echo "   MainPID $OLD -> $(prop MainPID), NRestarts $N0 -> $(prop NRestarts)"
@@ -301,7 +326,7 @@ done_
 step "systemctl stop: inactive (not failed), Result=success, nothing left, socket gone; start again"
 t=$(ts)
 E systemctl stop "$UNIT" || die "systemctl stop failed"
-stop_s=$(printf '%.1f' "$(el "$t")")
+stop_s=$(printf '%.2f' "$(el "$t")")
 st=$(prop ActiveState); res=$(prop Result)
 echo "   stopped in ${stop_s}s: ActiveState=$st Result=$res"
 [ "$st" = inactive ] || die "after stop ActiveState=$st (want inactive)"

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use chd_data::proto::{Request, Response, StatusReport};
+use chd_data::proto::{Change, PlanReport, Request, Response, StatusReport};
 
 use crate::client::Client;
 use crate::{Command, NodeCommand};
@@ -47,7 +47,16 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
                 print_status(&s);
             }
         }
-        Command::Ring { json } => {
+        Command::Ring { json, plan: Some(plan) } => {
+            let change = parse_change(&plan)?;
+            let Response::Plan(p) = client.call(Request::Plan { change })? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print_plan(&p);
+            }
+        }
+        Command::Ring { json, plan: None } => {
             let Response::Ring(r) = client.call(Request::Ring)? else { bail!("unexpected answer") };
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -67,6 +76,9 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
             expect_done(client.call(Request::NodeRebuild { id })?)?;
             crate::progress::follow(&mut client, id)?;
         }
+        Command::Node(NodeCommand::Add { count }) => change(&mut client, Request::NodeAdd { count })?,
+        Command::Node(NodeCommand::Remove { id }) => change(&mut client, Request::NodeRemove { id })?,
+        Command::Node(NodeCommand::Replace { id }) => change(&mut client, Request::NodeReplace { id })?,
         Command::Repair { json } => {
             let Response::Repair(r) = client.call(Request::Repair)? else { bail!("unexpected answer") };
             if json {
@@ -86,6 +98,47 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn change(client: &mut Client, request: Request) -> anyhow::Result<()> {
+    let Response::Changing { what, added } = client.call(request)? else { bail!("unexpected answer") };
+    if !added.is_empty() {
+        println!("new nodes: {added:?}");
+    }
+    crate::progress::follow_migration(client, &what)
+}
+
+fn parse_change(words: &[String]) -> anyhow::Result<Change> {
+    let arg = |what: &str| -> anyhow::Result<u32> {
+        let w = words.get(1).ok_or_else(|| anyhow::anyhow!("--plan {what} needs a node id"))?;
+        w.parse().map_err(|_| anyhow::anyhow!("{w:?} is not a node id"))
+    };
+    match words[0].as_str() {
+        "add" => Ok(Change::Add { count: words.get(1).map_or(Ok(1), |c| c.parse()).context("count")? }),
+        "remove" => Ok(Change::Remove { id: arg("remove")? }),
+        "replace" => Ok(Change::Replace { id: arg("replace")? }),
+        other => bail!("--plan takes add, remove or replace, not {other:?}"),
+    }
+}
+
+fn print_plan(p: &PlanReport) {
+    println!("{}: {} of {} partitions move", p.what, p.partitions_moving, p.partitions);
+    println!(
+        "{:>5} {:>9} {:>9} {:>12} {:>10} {:>12} {:>10}",
+        "NODE", "SHARE", "AFTER", "SEND", "SEND", "RECEIVE", "RECEIVE"
+    );
+    for n in &p.nodes {
+        println!(
+            "{:>5} {:>8.2}% {:>8.2}% {:>8} rec {:>10} {:>8} rec {:>10}",
+            n.id,
+            n.share_before * 100.0,
+            n.share_after * 100.0,
+            n.send_records,
+            human_bytes(n.send_bytes),
+            n.receive_records,
+            human_bytes(n.receive_bytes)
+        );
+    }
+}
+
 fn expect_done(r: Response) -> anyhow::Result<()> {
     match r {
         Response::Done => Ok(()),
@@ -102,6 +155,9 @@ fn print_status(s: &StatusReport) {
     println!("chd {} (pid {}), up {}s", s.version, s.pid, s.uptime_ms / 1000);
     println!("data dir {}  socket {}", s.data_dir, s.socket);
     println!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum);
+    if let Some(m) = s.migration.as_ref().filter(|m| !m.finished) {
+        println!("{}: {}/{} partitions moved, {} records", m.what, m.partitions_done, m.partitions_total, m.keys);
+    }
     println!();
     println!("{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  PROGRESS", "NODE", "STATE", "PID", "RESTARTS", "KEYS", "DISK");
     for n in &s.nodes {

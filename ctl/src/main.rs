@@ -36,10 +36,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show each node's share of the key space.
+    /// Show each node's share of the key space, or with --plan what a change would move.
     Ring {
         #[arg(long)]
         json: bool,
+        /// Dry run of a change: `add [COUNT]`, `remove ID` or `replace ID`.
+        #[arg(long, num_args = 1..=2, value_names = ["CHANGE", "ARG"])]
+        plan: Option<Vec<String>>,
     },
     /// Manage nodes.
     #[command(subcommand)]
@@ -59,6 +62,15 @@ pub enum NodeCommand {
     Restart { id: u32 },
     /// Set a node's database aside and rebuild it from the replicas (shows progress).
     Rebuild { id: u32 },
+    /// Add nodes; the keys they take over move to them (shows progress).
+    Add {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Remove a node; its keys move to the others first (shows progress).
+    Remove { id: u32 },
+    /// Replace a (failed) node with a new one that takes over exactly its ranges.
+    Replace { id: u32 },
 }
 
 fn main() -> ExitCode {

@@ -75,3 +75,31 @@ fn draw(p: &NodeProgress) {
     );
     let _ = std::io::stderr().flush();
 }
+
+/// Follows a membership change until it completes.
+pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
+        match s.migration.filter(|m| m.what == what) {
+            Some(p) if p.finished => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
+                println!(
+                    "{what}: done; {} partitions moved, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
+                    p.partitions_total,
+                    p.keys,
+                    crate::commands::human_bytes(p.bytes),
+                    p.keys as f64 / secs,
+                    p.bytes as f64 / secs / 1e6
+                );
+                return Ok(());
+            }
+            Some(p) if tty => draw(&p),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

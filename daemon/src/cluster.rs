@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::datadir::DataDir;
+use crate::layout::{Layout, Placement};
 use crate::supervisor::Event;
 use crate::worker::link::WorkerLink;
 
@@ -53,31 +54,45 @@ impl Replica {
 pub struct Cluster {
     pub settings: Settings,
     pub data: DataDir,
-    pub ring: RwLock<Ring>,
+    pub layout: RwLock<Layout>,
+    /// Serializes membership changes and writes of `cluster.json`.
+    pub membership: tokio::sync::Mutex<NodeId>,
     pub nodes: RwLock<BTreeMap<NodeId, NodeSlot>>,
     pub started: Instant,
+    /// Progress of the current (or last) membership change.
+    pub migration: RwLock<Option<NodeProgress>>,
 }
 
 impl Cluster {
-    pub fn new(settings: Settings, data: DataDir, ring: Ring) -> Arc<Cluster> {
-        Arc::new(Cluster { settings, data, ring: RwLock::new(ring), nodes: RwLock::default(), started: Instant::now() })
+    pub fn new(settings: Settings, data: DataDir, layout: Layout, next_node_id: NodeId) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            settings,
+            data,
+            layout: RwLock::new(layout),
+            membership: tokio::sync::Mutex::new(next_node_id),
+            nodes: RwLock::default(),
+            started: Instant::now(),
+            migration: RwLock::default(),
+        })
     }
 
+    /// The current ring (during a membership change, the one being left).
     pub fn ring(&self) -> Ring {
-        self.ring.read().expect("ring lock").clone()
+        self.layout().ring
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout.read().expect("layout lock").clone()
+    }
+
+    /// Where `key` is read and written right now.
+    pub fn placement_of(&self, key: &[u8]) -> Placement {
+        let layout = self.layout.read().expect("layout lock");
+        layout.placement(chd_data::ring::partition_of(key, layout.partitions()))
     }
 
     pub fn write_quorum(&self) -> usize {
         self.settings.write_quorum as usize
-    }
-
-    /// The replicas of `key` in ring order, with their current state.
-    pub fn replicas_of(&self, key: &[u8]) -> Vec<Replica> {
-        let owners = {
-            let ring = self.ring.read().expect("ring lock");
-            ring.locate(key).1.to_vec()
-        };
-        self.replicas(&owners)
     }
 
     pub fn replicas(&self, ids: &[NodeId]) -> Vec<Replica> {

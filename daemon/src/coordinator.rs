@@ -21,11 +21,12 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chd_data::{Error, Record};
+use chd_data::{Error, NodeId, Record};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinSet;
 
 use crate::cluster::{Cluster, Replica};
+use crate::layout::Placement;
 use crate::versions::Versions;
 use crate::worker::link::WorkerLink;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
@@ -67,22 +68,16 @@ impl Coordinator {
     pub async fn write(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), Error> {
         let version = self.versions.next().await.map_err(|e| Error::Internal(format!("{e:#}")))?;
         let record = Record { version, value };
-        let replicas = self.cluster.replicas_of(key);
-        let targets: Vec<&Replica> = replicas.iter().filter(|r| r.takes_writes()).collect();
-        let w = self.cluster.write_quorum();
-        let acks = put_until(&targets, key, &record, w).await;
-        if acks < w {
-            return Err(Error::Unavailable { needed: w as u32, got: acks as u32 });
-        }
-        Ok(())
+        let placement = self.cluster.placement_of(key);
+        self.make_durable(&placement, key, &record, &[]).await
     }
 
     /// The latest acknowledged value of `key`. Caller holds the key's lock.
     pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let replicas = self.cluster.replicas_of(key);
-        let r = replicas.len();
+        let placement = self.cluster.placement_of(key);
+        let replicas = self.cluster.replicas(&placement.read);
         let w = self.cluster.write_quorum();
-        let need = r - w + 1;
+        let need = replicas.len() + 1 - w;
         let readable: Vec<&Replica> = replicas.iter().filter(|x| x.serves_reads()).collect();
         if readable.len() < need {
             return Err(Error::Unavailable { needed: need as u32, got: readable.len() as u32 });
@@ -92,7 +87,7 @@ impl Coordinator {
             let (link, id, key) = (x.link.clone().expect("readable has a link"), x.id, key.to_vec());
             calls.spawn(async move { (id, get(&link, key).await) });
         }
-        let mut answers: Vec<(chd_data::NodeId, Option<Record>)> = Vec::with_capacity(need);
+        let mut answers: Vec<(NodeId, Option<Record>)> = Vec::with_capacity(need);
         while let Some(joined) = calls.join_next().await {
             if let Ok((id, Ok(rec))) = joined {
                 answers.push((id, rec));
@@ -109,47 +104,54 @@ impl Coordinator {
         let version_of = |r: &Option<Record>| r.as_ref().map_or(0, |r| r.version);
         let newest = answers.iter().map(|(_, r)| r).max_by_key(|r| version_of(r)).cloned().flatten();
         let Some(newest) = newest else { return Ok(None) };
-        let holders: Vec<_> =
+        let holders: Vec<NodeId> =
             answers.iter().filter(|(_, r)| version_of(r) == newest.version).map(|(id, _)| *id).collect();
-        if holders.len() < w {
-            // Read repair: make the newest version durable on W nodes before anyone sees it.
-            let others: Vec<&Replica> =
-                replicas.iter().filter(|x| x.takes_writes() && !holders.contains(&x.id)).collect();
-            let acks = put_until(&others, key, &newest, w - holders.len()).await;
-            if holders.len() + acks < w {
-                return Err(Error::Unavailable { needed: w as u32, got: (holders.len() + acks) as u32 });
-            }
-        }
+        // Read repair: the newest version must be durable on W nodes of every write set before
+        // anyone sees it, or a later read could miss it.
+        self.make_durable(&placement, key, &newest, &holders).await?;
         Ok(newest.value)
     }
-}
 
-/// Sends `record` to all `targets` at once and returns when `enough` stored it (or all
-/// answered). Returns the number of durable acknowledgements.
-async fn put_until(targets: &[&Replica], key: &[u8], record: &Record, enough: usize) -> usize {
-    if enough == 0 {
-        return 0;
-    }
-    let mut calls = JoinSet::new();
-    for x in targets {
-        let Some(link) = x.link.clone() else { continue };
-        let req = WorkerRequest::Put { key: key.to_vec(), record: record.clone() };
-        calls.spawn(async move { link.call(req, CALL_TIMEOUT).await });
-    }
-    let mut acks = 0;
-    while let Some(joined) = calls.join_next().await {
-        // Stored(false) means the replica already had this version or a newer one: it is on
-        // disk there all the same.
-        if let Ok(Ok(WorkerResponse::Stored(_))) = joined {
-            acks += 1;
-            if acks >= enough {
-                break;
+    /// Sends `record` to every write target not in `holders` at once, and returns as soon as
+    /// W nodes of each write set have it on disk (counting `holders`, which already do).
+    async fn make_durable(
+        &self,
+        placement: &Placement,
+        key: &[u8],
+        record: &Record,
+        holders: &[NodeId],
+    ) -> Result<(), Error> {
+        let w = self.cluster.write_quorum();
+        let mut have: Vec<NodeId> = holders.to_vec();
+        let weakest = |have: &[NodeId]| {
+            placement.write_sets.iter().map(|set| set.iter().filter(|n| have.contains(n)).count()).min().unwrap_or(0)
+        };
+        if weakest(&have) >= w {
+            return Ok(());
+        }
+        let mut calls = JoinSet::new();
+        for x in self.cluster.replicas(&placement.write_targets()) {
+            if have.contains(&x.id) || !x.takes_writes() {
+                continue;
+            }
+            let Some(link) = x.link else { continue };
+            let req = WorkerRequest::Put { key: key.to_vec(), record: record.clone() };
+            calls.spawn(async move { (x.id, link.call(req, CALL_TIMEOUT).await) });
+        }
+        while let Some(joined) = calls.join_next().await {
+            // Stored(false) means the replica already had this version or a newer one: on disk
+            // there all the same.
+            if let Ok((id, Ok(WorkerResponse::Stored(_)))) = joined {
+                have.push(id);
+                if weakest(&have) >= w {
+                    // The other replicas still get the write; chd only stops waiting for them.
+                    calls.detach_all();
+                    return Ok(());
+                }
             }
         }
+        Err(Error::Unavailable { needed: w as u32, got: weakest(&have) as u32 })
     }
-    // The other replicas still get the write; chd only stops waiting for their answers.
-    calls.detach_all();
-    acks
 }
 
 async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use chd_data::{NodeId, Ring};
+
+use crate::layout::{Layout, Transition};
 use serde::{Deserialize, Serialize};
 
 pub struct DataDir {
@@ -32,8 +34,17 @@ pub struct DataDir {
 pub struct ClusterFile {
     pub format: u32,
     pub ring: Ring,
+    /// A membership change in progress (see [`crate::layout`]).
+    #[serde(default)]
+    pub transition: Option<Transition>,
     /// Ids are never reused, so a node's folder never holds another node's data.
     pub next_node_id: NodeId,
+}
+
+impl ClusterFile {
+    pub fn layout(&self) -> Layout {
+        Layout { ring: self.ring.clone(), transition: self.transition.clone() }
+    }
 }
 
 impl DataDir {
@@ -80,6 +91,9 @@ impl DataDir {
         let file: ClusterFile =
             serde_json::from_str(&text).with_context(|| format!("{} is not a valid cluster file", path.display()))?;
         file.ring.check().with_context(|| format!("{} holds an invalid ring", path.display()))?;
+        if let Some(t) = &file.transition {
+            t.target.check().with_context(|| format!("{} holds an invalid target ring", path.display()))?;
+        }
         Ok(Some(file))
     }
 
@@ -151,7 +165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = DataDir::open(dir.path()).unwrap();
         assert_eq!(d.load_cluster().unwrap(), None);
-        let c = ClusterFile { format: 1, ring: Ring::new(&[0, 1, 2], 3, 64).unwrap(), next_node_id: 3 };
+        let c =
+            ClusterFile { format: 1, ring: Ring::new(&[0, 1, 2], 3, 64).unwrap(), transition: None, next_node_id: 3 };
         d.save_cluster(&c).unwrap();
         assert_eq!(d.load_cluster().unwrap(), Some(c));
         fs::create_dir_all(d.node_dir(1)).unwrap();

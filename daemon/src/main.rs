@@ -6,6 +6,8 @@ mod config;
 mod coordinator;
 mod datadir;
 mod frame;
+mod layout;
+mod membership;
 mod repair;
 mod server;
 mod storage;

@@ -70,6 +70,27 @@ pub enum Request {
     Progress {
         id: NodeId,
     },
+    NodeAdd {
+        count: u32,
+    },
+    NodeRemove {
+        id: NodeId,
+    },
+    NodeReplace {
+        id: NodeId,
+    },
+    /// What a change would move, without moving anything.
+    Plan {
+        change: Change,
+    },
+}
+
+/// A membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Add { count: u32 },
+    Remove { id: NodeId },
+    Replace { id: NodeId },
 }
 
 impl Request {
@@ -112,6 +133,33 @@ pub enum Response {
     Ring(RingReport),
     Repair(RepairReport),
     Progress(Option<NodeProgress>),
+    /// A membership change started; these nodes joined.
+    Changing {
+        what: String,
+        added: Vec<NodeId>,
+    },
+    Plan(PlanReport),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanReport {
+    pub what: String,
+    pub partitions_moving: u32,
+    pub partitions: u32,
+    pub nodes: Vec<NodeTraffic>,
+}
+
+/// What one node sends and receives in a planned change. Records include tombstones; bytes
+/// are keys plus values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeTraffic {
+    pub id: NodeId,
+    pub share_before: f64,
+    pub share_after: f64,
+    pub send_records: u64,
+    pub send_bytes: u64,
+    pub receive_records: u64,
+    pub receive_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +206,8 @@ pub struct StatusReport {
     pub write_quorum: u32,
     pub partitions: u32,
     pub nodes: Vec<NodeStatus>,
+    /// A membership change in progress.
+    pub migration: Option<NodeProgress>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

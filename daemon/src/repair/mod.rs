@@ -31,6 +31,9 @@ use crate::cluster::Cluster;
 use crate::worker::link::WorkerLink;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
+/// A replica's (key, version) pairs of one partition, ascending by key.
+type VersionList = Vec<(Vec<u8>, u64)>;
+
 /// Records copied per request.
 const BATCH: usize = 256;
 /// Partitions digested per request.
@@ -45,15 +48,15 @@ pub enum SyncMode {
 
 /// Brings node `id` up to date on every partition it owns.
 pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> anyhow::Result<RepairReport> {
-    let ring = cluster.ring();
-    let r = ring.replicas() as usize;
+    let layout = cluster.layout();
+    let r = layout.ring.replicas() as usize;
     let w = cluster.write_quorum();
     let peers_needed = match mode {
         SyncMode::CatchUp => (r - w).max(1),
         SyncMode::Rebuild => r - w + 1,
     }
     .min(r - 1);
-    let parts = ring.partitions_of(id);
+    let parts = layout.partitions_of(id);
     let what = match mode {
         SyncMode::CatchUp => "catching up",
         SyncMode::Rebuild => "rebuilding",
@@ -78,7 +81,7 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
         let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
         for &p in chunk {
             let peers: Vec<NodeId> = cluster
-                .replicas(ring.owners(p))
+                .replicas(&layout.placement(p).write_targets())
                 .into_iter()
                 .filter(|x| x.id != id && x.serves_reads())
                 .map(|x| x.id)
@@ -109,13 +112,13 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
 
 /// `chctl repair`: every partition, across the owners that are up.
 pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> {
-    let ring = cluster.ring();
+    let layout = cluster.layout();
     let mut report = RepairReport::default();
     let mut unreachable: Vec<NodeId> = Vec::new();
     let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
-    for p in 0..ring.partitions() {
+    for p in 0..layout.partitions() {
         let mut up = Vec::new();
-        for x in cluster.replicas(ring.owners(p)) {
+        for x in cluster.replicas(&layout.placement(p).write_targets()) {
             if x.serves_reads() {
                 up.push(x.id);
             } else if !unreachable.contains(&x.id) {
@@ -142,45 +145,68 @@ pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> 
 }
 
 /// Compares digests of `partitions` across `members` and syncs those that differ.
-async fn sync_partitions(
+pub async fn sync_partitions(
     members: &[(NodeId, WorkerLink)],
     partitions: &[u32],
     report: &mut RepairReport,
 ) -> anyhow::Result<()> {
-    let mut digests = Vec::with_capacity(members.len());
-    for (id, link) in members {
-        match call(link, *id, WorkerRequest::Digests { partitions: partitions.to_vec() }).await? {
-            WorkerResponse::Digests(d) if d.len() == partitions.len() => digests.push(d),
-            other => bail!("node {id}: unexpected answer to Digests: {other:?}"),
+    let mut calls = tokio::task::JoinSet::new();
+    for (mi, (id, link)) in members.iter().enumerate() {
+        let (id, link, partitions) = (*id, link.clone(), partitions.to_vec());
+        calls.spawn(async move { (mi, id, call(&link, id, WorkerRequest::Digests { partitions }).await) });
+    }
+    let mut digests = vec![Vec::new(); members.len()];
+    while let Some(joined) = calls.join_next().await {
+        match joined? {
+            (mi, _, Ok(WorkerResponse::Digests(d))) if d.len() == partitions.len() => digests[mi] = d,
+            (_, id, other) => bail!("node {id}: unexpected answer to Digests: {other:?}"),
         }
     }
+    let mut differing = Vec::new();
     for (i, &p) in partitions.iter().enumerate() {
         report.partitions_checked += 1;
-        if digests.iter().all(|d| d[i] == digests[0][i]) {
-            continue;
+        if digests.iter().any(|d| d[i] != digests[0][i]) {
+            report.partitions_differing += 1;
+            differing.push(p);
         }
-        report.partitions_differing += 1;
-        sync_partition(members, p, report).await?;
     }
-    Ok(())
+    // Ask for every (member, partition) version list at once: the workers answer a pipeline of
+    // reads in one pass of their loop.
+    let mut calls = tokio::task::JoinSet::new();
+    for (pi, &p) in differing.iter().enumerate() {
+        for (mi, (id, link)) in members.iter().enumerate() {
+            let (id, link) = (*id, link.clone());
+            calls.spawn(async move { (pi, mi, versions(&link, id, p).await) });
+        }
+    }
+    let mut lists: Vec<Vec<VersionList>> = vec![vec![Vec::new(); members.len()]; differing.len()];
+    while let Some(joined) = calls.join_next().await {
+        let (pi, mi, list) = joined?;
+        lists[pi][mi] = list?;
+    }
+    let transfers = lists.iter().flat_map(|l| plan::plan(l)).collect();
+    copy(members, transfers, report).await
 }
 
-async fn sync_partition(members: &[(NodeId, WorkerLink)], p: u32, report: &mut RepairReport) -> anyhow::Result<()> {
-    let mut lists = Vec::with_capacity(members.len());
-    for (id, link) in members {
-        let mut list: Vec<(Vec<u8>, u64)> = Vec::new();
-        loop {
-            let after = list.last().map(|(k, _)| k.clone());
-            match call(link, *id, WorkerRequest::Versions { partition: p, after, limit: 1024 }).await? {
-                WorkerResponse::Versions(page) if page.is_empty() => break,
-                WorkerResponse::Versions(page) => list.extend(page),
-                other => bail!("node {id}: unexpected answer to Versions: {other:?}"),
-            }
+/// One member's (key, version) list of partition `p`.
+async fn versions(link: &WorkerLink, id: NodeId, p: u32) -> anyhow::Result<VersionList> {
+    let mut list = VersionList::new();
+    loop {
+        let after = list.last().map(|(k, _)| k.clone());
+        match call(link, id, WorkerRequest::Versions { partition: p, after, limit: 1024 }).await? {
+            WorkerResponse::Versions(page) if page.is_empty() => return Ok(list),
+            WorkerResponse::Versions(page) => list.extend(page),
+            other => bail!("node {id}: unexpected answer to Versions: {other:?}"),
         }
-        lists.push(list);
     }
-    let transfers = plan::plan(&lists);
-    // Copy per source replica, a batch at a time.
+}
+
+/// Carries out `transfers`, a batch of records at a time per source replica.
+async fn copy(
+    members: &[(NodeId, WorkerLink)],
+    transfers: Vec<plan::Transfer>,
+    report: &mut RepairReport,
+) -> anyhow::Result<()> {
     let mut by_source: BTreeMap<usize, Vec<plan::Transfer>> = BTreeMap::new();
     for t in transfers {
         by_source.entry(t.from).or_default().push(t);

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use chd_data::proto::{NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatusReport};
+use chd_data::proto::{Change, NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatusReport};
 use chd_data::{Error, NodeId};
 use tokio::task::JoinSet;
 
 use super::Server;
+use crate::membership;
 use crate::repair;
 use crate::supervisor::Event;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
@@ -26,6 +27,10 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
             .await
             .map(Response::Repair)
             .map_err(|e| Error::Internal(format!("repair stopped: {e:#}; run it again"))),
+        Request::NodeAdd { count } => change(server, Change::Add { count }).await,
+        Request::NodeRemove { id } => change(server, Change::Remove { id }).await,
+        Request::NodeReplace { id } => change(server, Change::Replace { id }).await,
+        Request::Plan { change } => membership::dry_run(&server.cluster, change).await.map(Response::Plan),
         Request::Progress { id } => {
             let nodes = server.cluster.nodes.read().expect("nodes lock");
             let slot = nodes.get(&id).ok_or(Error::NoSuchNode(id))?;
@@ -79,7 +84,13 @@ async fn status(server: &Server) -> StatusReport {
         write_quorum: cluster.settings.write_quorum,
         partitions: ring.partitions(),
         nodes,
+        migration: cluster.migration.read().expect("migration lock").clone(),
     }
+}
+
+async fn change(server: &Server, change: Change) -> Result<Response, Error> {
+    let (what, added) = membership::start(&server.cluster, &server.spawner, change).await?;
+    Ok(Response::Changing { what, added })
 }
 
 fn ring(server: &Server) -> RingReport {

@@ -20,12 +20,14 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::coordinator::{Coordinator, KeyLocks};
 use crate::datadir::{ClusterFile, DataDir};
+use crate::membership;
 use crate::supervisor::{self, spawn::Spawner, Event};
 use crate::versions::Versions;
 
 pub struct Server {
     pub cluster: Arc<Cluster>,
     pub coordinator: Coordinator,
+    pub spawner: Spawner,
 }
 
 /// How long startup waits for every node before serving with those that are up.
@@ -54,7 +56,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         None => {
             let ids: Vec<u32> = (0..settings.nodes).collect();
             let ring = chd_data::Ring::new(&ids, settings.replicas, chd_data::ring::DEFAULT_PARTITIONS)?;
-            let f = ClusterFile { format: 1, ring, next_node_id: settings.nodes };
+            let f = ClusterFile { format: 1, ring, transition: None, next_node_id: settings.nodes };
             data.save_cluster(&f)?;
             info!(nodes = settings.nodes, replicas = settings.replicas, "created a new data dir");
             (f, true)
@@ -64,9 +66,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         bail!("write_quorum: {} is more than the data dir's {} replicas", settings.write_quorum, file.ring.replicas());
     }
     let listener = bind(&settings.socket, settings.socket_mode)?;
-    let cluster = Cluster::new(settings.clone(), data, file.ring.clone());
+    let layout = file.layout();
+    let cluster = Cluster::new(settings.clone(), data, layout.clone(), file.next_node_id);
     let spawner = Spawner::start()?;
-    for &id in file.ring.nodes() {
+    for id in layout.members() {
         supervisor::start_node(&cluster, &spawner, id, fresh);
     }
     notify_status("starting nodes");
@@ -75,8 +78,12 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let versions = Versions::open(cluster.data.versions_path(), floor)?;
     let server = Arc::new(Server {
         cluster: cluster.clone(),
-        coordinator: Coordinator { cluster, versions, locks: KeyLocks::default() },
+        coordinator: Coordinator { cluster: cluster.clone(), versions, locks: KeyLocks::default() },
+        spawner,
     });
+    // A change interrupted by a crash goes on; leftovers of a completed one are dropped.
+    membership::resume(&cluster);
+    tokio::spawn(async move { membership::drop_unowned(&cluster).await });
 
     let up = count_up(&server.cluster);
     info!(socket = %settings.socket.display(), data_dir = %settings.data_dir.display(), nodes_up = up, "chd is ready");

@@ -202,6 +202,11 @@ fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> i
             (R::Done, true)
         }
         WorkerRequest::Shutdown => return Ok(Applied::Shutdown),
+        WorkerRequest::PartitionStats { partitions } => {
+            let stats = partitions.iter().map(|&p| node.partition_stats(p)).collect::<io::Result<_>>()?;
+            (R::PartitionStats(stats), false)
+        }
+        WorkerRequest::NonEmptyPartitions => (R::Partitions(node.non_empty_partitions()?), false),
     };
     Ok(Applied::Reply(reply.0, reply.1))
 }

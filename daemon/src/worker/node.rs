@@ -154,6 +154,34 @@ impl<E: Engine> Node<E> {
         Ok(*h.finalize().as_bytes())
     }
 
+    /// Records and bytes (keys plus values) in `partition`.
+    pub fn partition_stats(&self, partition: u32) -> io::Result<(u64, u64)> {
+        let (mut records, mut bytes) = (0, 0);
+        let mut from = data_key(partition, b"");
+        let to = data_key(partition + 1, b"");
+        loop {
+            let batch = self.engine.scan(&from, &to, 4096)?;
+            let Some((last, _)) = batch.last() else { return Ok((records, bytes)) };
+            from = [last.as_slice(), &[0]].concat();
+            for (k, v) in &batch {
+                records += 1;
+                bytes += (k.len() - 4 + v.len().saturating_sub(9)) as u64;
+            }
+        }
+    }
+
+    /// The partitions that hold at least one record (one seek per such partition).
+    pub fn non_empty_partitions(&self) -> io::Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut from = data_key(0, b"");
+        while let Some((k, _)) = self.engine.scan(&from, &META, 1)?.pop() {
+            let p = u32::from_be_bytes(k[..4].try_into().expect("4-byte prefix"));
+            out.push(p);
+            from = data_key(p + 1, b"");
+        }
+        Ok(out)
+    }
+
     /// Removes every record of `partition` (after it moved to other nodes). Returns how many.
     pub fn drop_partition(&mut self, partition: u32) -> io::Result<u64> {
         let mut dropped = 0;
@@ -216,7 +244,10 @@ mod tests {
         let p = partition_of(&1u32.to_be_bytes(), 8);
         let in_p = n.versions(p, None, usize::MAX).unwrap().len() as u64;
         let live_in_p = in_p - u64::from(partition_of(&7u32.to_be_bytes(), 8) == p);
+        assert_eq!(n.partition_stats(p).unwrap().0, in_p);
+        assert!(n.non_empty_partitions().unwrap().contains(&p));
         assert_eq!(n.drop_partition(p).unwrap(), in_p);
+        assert!(!n.non_empty_partitions().unwrap().contains(&p));
         assert_eq!(n.live_keys(), 99 - live_in_p);
         assert_eq!(n.get(&1u32.to_be_bytes()).unwrap(), None);
     }

@@ -64,6 +64,12 @@ pub enum WorkerRequest {
         rebuild_pending: bool,
     },
     Shutdown,
+    /// Records and bytes (keys plus values) stored in each named partition.
+    PartitionStats {
+        partitions: Vec<u32>,
+    },
+    /// The partitions that hold at least one record.
+    NonEmptyPartitions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +83,8 @@ pub enum WorkerResponse {
     Versions(Vec<(Vec<u8>, u64)>),
     Records(Vec<(Vec<u8>, Option<Record>)>),
     Count(u64),
+    PartitionStats(Vec<(u64, u64)>),
+    Partitions(Vec<u32>),
     Done,
     Failed(String),
 }

@@ -204,6 +204,26 @@ impl Client {
         matches!(self.call(Request::Set { key: key.into(), value: value.into() }), Ok(Ok(Response::Done)))
     }
 
+    /// Writes many keys, pipelined 64 at a time; panics unless every write is acknowledged.
+    pub fn set_many(&mut self, pairs: impl IntoIterator<Item = (String, String)>) {
+        let pairs: Vec<(String, String)> = pairs.into_iter().collect();
+        for chunk in pairs.chunks(64) {
+            let mut buf = Vec::new();
+            for (k, v) in chunk {
+                let id = self.next;
+                self.next += 1;
+                let request = Request::Set { key: k.clone().into(), value: v.clone().into() };
+                encode_frame(&ClientFrame { id, request }, &mut buf);
+            }
+            self.stream.write_all(&buf).unwrap();
+            for _ in chunk {
+                let body = read_frame(&mut self.stream, MAX_FRAME + 1024).unwrap().unwrap();
+                let f: ServerFrame = decode_body(&body).unwrap();
+                assert_eq!(f.response, Ok(Response::Done));
+            }
+        }
+    }
+
     pub fn get(&mut self, key: &str) -> Option<Vec<u8>> {
         match self.call(Request::Get { key: key.into() }) {
             Ok(Ok(Response::Value(v))) => v,

@@ -1,0 +1,331 @@
+//! Membership changes: adding, removing and replacing nodes while clients keep going.
+//!
+//! A change is planned as a target ring ([`chd_data::Ring`] keeps movement minimal), persisted as
+//! a transition ([`crate::layout`]), and carried out partition by partition by [`migrate`]: copy
+//! the partition's records from its current owners to the nodes that gain it, then switch it.
+//! Every step is written to `cluster.json` before it takes effect, so a chd killed mid-change
+//! resumes it at start. A node that leaves has its database deleted only once every record it
+//! held is confirmed on the new owners; if that cannot be confirmed, it goes to `quarantine/`.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chd_data::proto::{Change, NodeProgress, NodeState, PlanReport, RepairReport};
+use chd_data::{Error, NodeId, Ring};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::cluster::Cluster;
+use crate::datadir::ClusterFile;
+use crate::layout::Layout;
+use crate::repair;
+use crate::supervisor::{self, spawn::Spawner, Event};
+use crate::worker::proto::{WorkerRequest, WorkerResponse};
+
+/// Partitions switched per persisted step.
+const CHUNK: usize = 64;
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts a change; the migration runs in the background. Returns what it is and the new ids.
+pub async fn start(cluster: &Arc<Cluster>, spawner: &Spawner, change: Change) -> Result<(String, Vec<NodeId>), Error> {
+    let mut next_id = cluster.membership.lock().await;
+    let layout = cluster.layout();
+    if let Some(t) = &layout.transition {
+        return Err(Error::Refused(format!("another change is in progress ({}); wait for it to finish", t.what)));
+    }
+    let (what, target, added, leaving) = plan_change(&layout.ring, &change, *next_id)?;
+    if !added.is_empty() {
+        // Reserve the ids on disk first: an id is never used twice, even after a crash here.
+        *next_id += added.len() as NodeId;
+        persist(cluster, &layout, *next_id).map_err(internal)?;
+        for &id in &added {
+            supervisor::start_node(cluster, spawner, id, true);
+        }
+        let joined =
+            wait_until(JOIN_TIMEOUT, || added.iter().all(|&id| cluster.state_of(id) == Some(NodeState::Up))).await;
+        if !joined {
+            return Err(Error::Refused(format!("new nodes {added:?} did not come up; see chd's log")));
+        }
+    }
+    let mut next = layout.clone();
+    next.begin(what.clone(), target, leaving).map_err(Error::Refused)?;
+    persist(cluster, &next, *next_id).map_err(internal)?;
+    *cluster.layout.write().expect("layout lock") = next;
+    info!(change = %what, "membership change started");
+    spawn_migration(cluster.clone());
+    Ok((what, added))
+}
+
+/// The dry run: what `change` would move, node by node.
+pub async fn dry_run(cluster: &Arc<Cluster>, change: Change) -> Result<PlanReport, Error> {
+    let next_id = *cluster.membership.lock().await;
+    let ring = cluster.ring();
+    let (what, target, _, _) = plan_change(&ring, &change, next_id)?;
+    let moves = ring.moves_to(&target);
+    // Sizes of the moving partitions, asked of one readable owner of each.
+    let mut by_node: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+    for mv in &moves {
+        if let Some(src) = sender(cluster, &mv.old) {
+            by_node.entry(src).or_default().push(mv.partition);
+        }
+    }
+    let mut sizes = BTreeMap::new();
+    for (id, parts) in by_node {
+        let Some(link) = cluster.replica(id).link else { continue };
+        match link.call(WorkerRequest::PartitionStats { partitions: parts.clone() }, CALL_TIMEOUT).await {
+            Ok(WorkerResponse::PartitionStats(stats)) => sizes.extend(parts.into_iter().zip(stats)),
+            other => return Err(Error::Internal(format!("node {id} did not report partition sizes: {other:?}"))),
+        }
+    }
+    let nodes = plan::traffic(&ring, &target, &sizes, |mv| sender(cluster, &mv.old).unwrap_or(mv.old[0]));
+    Ok(PlanReport { what, partitions_moving: moves.len() as u32, partitions: ring.partitions(), nodes })
+}
+
+/// The target ring of a change, the nodes it adds and the nodes that leave.
+fn plan_change(
+    ring: &Ring,
+    change: &Change,
+    next_id: NodeId,
+) -> Result<(String, Ring, Vec<NodeId>, Vec<NodeId>), Error> {
+    let refuse = |e: chd_data::ring::RingError| Error::Refused(e.to_string());
+    match *change {
+        Change::Add { count } => {
+            if count == 0 || count > 64 {
+                return Err(Error::Refused("add 1 to 64 nodes at a time".into()));
+            }
+            let ids: Vec<NodeId> = (next_id..next_id + count).collect();
+            let mut target = ring.clone();
+            for &id in &ids {
+                target = target.with_node_added(id).map_err(refuse)?;
+            }
+            let what = match ids.as_slice() {
+                [one] => format!("add node {one}"),
+                many => format!("add nodes {many:?}"),
+            };
+            Ok((what, target, ids, vec![]))
+        }
+        Change::Remove { id } => {
+            let target = ring.with_node_removed(id).map_err(|e| match e {
+                chd_data::ring::RingError::NotMember(_) => Error::NoSuchNode(id),
+                other => refuse(other),
+            })?;
+            Ok((format!("remove node {id}"), target, vec![], vec![id]))
+        }
+        Change::Replace { id } => {
+            if !ring.contains(id) {
+                return Err(Error::NoSuchNode(id));
+            }
+            let target = ring.with_node_replaced(id, next_id).map_err(refuse)?;
+            Ok((format!("replace node {id} with node {next_id}"), target, vec![next_id], vec![id]))
+        }
+    }
+}
+
+/// Resumes a change found in `cluster.json` at start.
+pub fn resume(cluster: &Arc<Cluster>) {
+    if cluster.layout().transition.is_some() {
+        spawn_migration(cluster.clone());
+    }
+}
+
+fn spawn_migration(cluster: Arc<Cluster>) {
+    tokio::spawn(async move {
+        loop {
+            match migrate(&cluster).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "migration paused; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Moves every pending partition, then completes the change.
+async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+    let layout = cluster.layout();
+    let Some(t) = &layout.transition else { return Ok(()) };
+    let what = t.what.clone();
+    let total = layout.moving_count() as u32;
+    let started = Instant::now();
+    let mut progress = NodeProgress {
+        what: what.clone(),
+        partitions_done: total - layout.pending().len() as u32,
+        partitions_total: total,
+        keys: 0,
+        bytes: 0,
+        elapsed_ms: 0,
+        finished: false,
+    };
+    *cluster.migration.write().expect("migration lock") = Some(progress.clone());
+    let w = cluster.write_quorum();
+    let mut report = RepairReport::default();
+    for chunk in layout.pending().chunks(CHUNK) {
+        // Group the chunk by who copies to whom, and copy each group in one pass.
+        let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
+        for &p in chunk {
+            let placement = layout.placement(p);
+            let (old, new) = (&placement.write_sets[0], &placement.write_sets[1]);
+            let mut sources: Vec<NodeId> =
+                cluster.replicas(old).into_iter().filter(|x| x.serves_reads()).map(|x| x.id).collect();
+            // Every acknowledged write is on W old owners: reading old.len()-W+1 of them sees it.
+            let need = old.len() + 1 - w;
+            if sources.len() < need {
+                bail!("partition {p}: only {} of the {need} owners needed to copy it are up", sources.len());
+            }
+            for x in cluster.replicas(new) {
+                if old.contains(&x.id) {
+                    continue;
+                }
+                if !x.takes_writes() {
+                    bail!("partition {p}: receiving node {} is not running", x.id);
+                }
+                sources.push(x.id);
+            }
+            groups.entry(sources).or_default().push(p);
+        }
+        for (ids, parts) in groups {
+            let mut members = Vec::with_capacity(ids.len());
+            for x in cluster.replicas(&ids) {
+                members.push((x.id, x.link.ok_or_else(|| anyhow::anyhow!("node {} went away", x.id))?));
+            }
+            repair::sync_partitions(&members, &parts, &mut report).await?;
+        }
+        // Switch the chunk: on disk first, then in memory, so a crash never switches back.
+        let _ids = cluster.membership.lock().await;
+        let mut next = cluster.layout();
+        for &p in chunk {
+            next.mark_done(p);
+        }
+        persist(cluster, &next, *_ids)?;
+        *cluster.layout.write().expect("layout lock") = next;
+        drop(_ids);
+        progress.partitions_done += chunk.len() as u32;
+        progress.keys = report.keys_repaired;
+        progress.bytes = report.bytes_repaired;
+        progress.elapsed_ms = started.elapsed().as_millis() as u64;
+        *cluster.migration.write().expect("migration lock") = Some(progress.clone());
+    }
+
+    let ids = cluster.membership.lock().await;
+    let mut next = cluster.layout();
+    let before = next.ring.clone();
+    let Some(done) = next.finish() else { bail!("partitions still pending") };
+    persist(cluster, &next, *ids)?;
+    *cluster.layout.write().expect("layout lock") = next.clone();
+    drop(ids);
+    for id in &done.leaving {
+        retire(cluster, *id, &before, &next.ring).await;
+    }
+    drop_unowned(cluster).await;
+    progress.finished = true;
+    progress.elapsed_ms = started.elapsed().as_millis() as u64;
+    *cluster.migration.write().expect("migration lock") = Some(progress);
+    info!(change = %what, records = report.keys_repaired, bytes = report.bytes_repaired, "membership change done");
+    Ok(())
+}
+
+/// A node that left: confirm its records are on the new owners, then stop it and delete its
+/// database; if it cannot be confirmed, stop it and quarantine the database instead.
+async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring) {
+    let confirmed = match cluster.replica(id).link.filter(|_| cluster.replica(id).takes_writes()) {
+        None => false,
+        Some(link) => {
+            let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
+            for p in before.partitions_of(id) {
+                let owners = cluster.replicas(after.owners(p)).into_iter().filter(|x| x.takes_writes());
+                groups.entry(owners.map(|x| x.id).collect()).or_default().push(p);
+            }
+            let mut report = RepairReport::default();
+            let mut ok = true;
+            // Copying whatever the leaving node has that the new owners lack is the
+            // confirmation: afterwards they hold every record it held.
+            'groups: for (ids, parts) in groups {
+                let mut members = vec![(id, link.clone())];
+                members.extend(cluster.replicas(&ids).into_iter().filter_map(|x| Some((x.id, x.link?))));
+                for chunk in parts.chunks(CHUNK) {
+                    if let Err(e) = repair::sync_partitions(&members, chunk, &mut report).await {
+                        warn!(node = id, error = %format!("{e:#}"), "cannot confirm records of a leaving node");
+                        ok = false;
+                        break 'groups;
+                    }
+                }
+            }
+            ok
+        }
+    };
+    let (done, wait) = oneshot::channel();
+    if cluster.send(id, Event::Shutdown(done)) {
+        let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
+    }
+    cluster.nodes.write().expect("nodes lock").remove(&id);
+    let dir = cluster.data.node_dir(id);
+    if confirmed {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!(node = id, "node left; its records are confirmed on the new owners; database deleted"),
+            Err(e) => error!(node = id, error = %e, "cannot delete the database of a node that left"),
+        }
+    } else {
+        match cluster.data.quarantine(id) {
+            Ok(to) => warn!(node = id, to = ?to, "node left unconfirmed; database kept in quarantine"),
+            Err(e) => error!(node = id, error = %e, "cannot move aside the database of a node that left"),
+        }
+    }
+}
+
+/// Drops, on every node, partitions it holds but no longer owns (after a change completed, or
+/// a crash between completing one and dropping).
+pub async fn drop_unowned(cluster: &Arc<Cluster>) {
+    let layout = cluster.layout();
+    if layout.transition.is_some() {
+        return;
+    }
+    for id in layout.members() {
+        let Some(link) = cluster.replica(id).link else { continue };
+        let owned = layout.partitions_of(id);
+        let Ok(WorkerResponse::Partitions(held)) = link.call(WorkerRequest::NonEmptyPartitions, CALL_TIMEOUT).await
+        else {
+            continue;
+        };
+        for p in held.into_iter().filter(|p| !owned.contains(p)) {
+            if let Err(e) = link.call(WorkerRequest::DropPartition { partition: p }, CALL_TIMEOUT).await {
+                warn!(node = id, partition = p, error = %e, "cannot drop a partition the node no longer owns");
+            }
+        }
+    }
+}
+
+/// A readable owner to read a partition from.
+fn sender(cluster: &Cluster, owners: &[NodeId]) -> Option<NodeId> {
+    cluster.replicas(owners).into_iter().find(|x| x.serves_reads()).map(|x| x.id)
+}
+
+fn persist(cluster: &Cluster, layout: &Layout, next_node_id: NodeId) -> anyhow::Result<()> {
+    cluster.data.save_cluster(&ClusterFile {
+        format: 1,
+        ring: layout.ring.clone(),
+        transition: layout.transition.clone(),
+        next_node_id,
+    })
+}
+
+fn internal(e: anyhow::Error) -> Error {
+    Error::Internal(format!("{e:#}"))
+}
+
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
