@@ -203,3 +203,57 @@ fn socket_is_owner_only() {
     let mode = std::fs::metadata(&chd.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn only_root_chds_user_and_the_allowed_group_may_connect() {
+    use std::os::unix::process::CommandExt;
+    // Needs a second user; only root can run a client as one.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the stranger check runs in CI as root");
+        return;
+    }
+    let nobody = 65534;
+    let nogroup = std::process::Command::new("getent").args(["group", "nogroup"]).output().unwrap();
+    let group = if nogroup.status.success() { "nogroup" } else { "nobody" };
+    // The socket file's mode would stop a stranger already; open it so the credential check is
+    // what is tested.
+    let chd = Chd::start(&["--socket-mode", "0666"]);
+    chd.set("k", "v");
+    std::fs::set_permissions(chd.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let as_nobody = |chd: &Chd| {
+        std::process::Command::new(chctl_path())
+            .arg("--socket")
+            .arg(&chd.socket)
+            .args(["get", "k"])
+            .uid(nobody)
+            .gid(nobody)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&chd);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("permission denied"), "{err}");
+    drop(chd);
+
+    let chd = Chd::start(&["--socket-mode", "0666", "--allowed-group", group]);
+    chd.set("k", "v");
+    std::fs::set_permissions(chd.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let gid = nix_gid(group);
+    let out = std::process::Command::new(chctl_path())
+        .arg("--socket")
+        .arg(&chd.socket)
+        .args(["get", "k"])
+        .uid(nobody)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"v");
+}
+
+fn nix_gid(group: &str) -> u32 {
+    let out = std::process::Command::new("getent").args(["group", group]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().trim().parse().unwrap()
+}
