@@ -1,6 +1,7 @@
 //! One client connection: read frames, run requests, write replies.
 //!
-//! Requests are handled concurrently (up to [`MAX_IN_FLIGHT`] per connection) and replies carry
+//! Requests are handled concurrently (up to [`MAX_IN_FLIGHT`] requests and
+//! [`MAX_IN_FLIGHT_BYTES`] of request bodies per connection) and replies carry
 //! the request id, so a client can pipeline. A request on a key first takes the key's lock, in
 //! the order the requests arrived, before it is spawned: requests of one connection on one key
 //! apply in the order they were sent.
@@ -26,6 +27,8 @@ use super::Server;
 use crate::frame::read_frame;
 
 const MAX_IN_FLIGHT: usize = 128;
+/// Bounds the memory one client can pin by pipelining large values.
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch::Receiver<bool>) {
     let peer = match stream.peer_cred() {
@@ -71,6 +74,8 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
     }
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Counted in KiB: a semaphore holds at most u32::MAX permits per acquire.
+    let in_flight_kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES >> 10));
     let mut greeted = false;
     loop {
         let body = tokio::select! {
@@ -112,6 +117,8 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             reply_and_close(id, e).await;
             break;
         }
+        let kib = (body.len() >> 10).clamp(1, MAX_IN_FLIGHT_BYTES >> 10) as u32;
+        let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = match &request {
             Request::Get { key } | Request::Set { key, .. } | Request::Del { key } => {
@@ -124,7 +131,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             let response = handlers::handle(&server, request).await;
             drop(guard);
             let _ = replies.send(ServerFrame { id, response }).await;
-            drop(permit);
+            drop((permit, bytes_permit));
         });
     }
     drop(replies);

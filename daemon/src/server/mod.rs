@@ -32,6 +32,8 @@ pub struct Server {
 
 /// How long startup waits for every node before serving with those that are up.
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// Clients served at once; more are refused (closed) rather than queued without bound.
+const MAX_CONNECTIONS: usize = 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,16 +95,21 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = connections.clone().try_acquire_owned() else {
+                        warn!(limit = MAX_CONNECTIONS, "too many connections; refusing one");
+                        continue;
+                    };
                     let (server, stop_rx, conn_tx) = (server.clone(), stop_rx.clone(), conn_tx.clone());
                     tokio::spawn(async move {
                         conn::serve(server, stream, stop_rx).await;
-                        drop(conn_tx);
+                        drop((conn_tx, slot));
                     });
                 }
                 Err(e) => {
