@@ -33,15 +33,7 @@ pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     finished: true,
                 });
-                let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
-                println!(
-                    "node {id} rebuilt: {} partitions, {} keys, {} in {secs:.1}s ({:.0} keys/s, {:.1} MB/s)",
-                    p.partitions_total,
-                    p.keys,
-                    crate::commands::human_bytes(p.bytes),
-                    p.keys as f64 / secs,
-                    p.bytes as f64 / secs / 1e6
-                );
+                summary(&format!("node {id} rebuilt"), &p);
                 return Ok(());
             }
             _ => {}
@@ -86,15 +78,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
                 if tty {
                     eprint!("\r\x1b[K");
                 }
-                let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
-                println!(
-                    "{what}: done; {} partitions moved, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
-                    p.partitions_total,
-                    p.keys,
-                    crate::commands::human_bytes(p.bytes),
-                    p.keys as f64 / secs,
-                    p.bytes as f64 / secs / 1e6
-                );
+                summary(&format!("{what}: done"), &p);
                 return Ok(());
             }
             Some(p) if tty => draw(&p),
@@ -102,4 +86,17 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The closing line of a rebuild or a migration.
+fn summary(label: &str, p: &NodeProgress) {
+    let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
+    println!(
+        "{label}: {} partitions, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
+        p.partitions_total,
+        p.keys,
+        crate::commands::human_bytes(p.bytes),
+        p.keys as f64 / secs,
+        p.bytes as f64 / secs / 1e6
+    );
 }

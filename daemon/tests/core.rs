@@ -221,17 +221,17 @@ fn only_root_chds_user_and_the_allowed_group_may_connect() {
     let chd = Chd::start(&["--socket-mode", "0666"]);
     chd.set("k", "v");
     std::fs::set_permissions(chd.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let as_nobody = |chd: &Chd| {
+    let get_as = |chd: &Chd, gid: u32| {
         std::process::Command::new(chctl_path())
             .arg("--socket")
             .arg(&chd.socket)
             .args(["get", "k"])
             .uid(nobody)
-            .gid(nobody)
+            .gid(gid)
             .output()
             .unwrap()
     };
-    let out = as_nobody(&chd);
+    let out = get_as(&chd, nobody);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("permission denied"), "{err}");
@@ -240,15 +240,7 @@ fn only_root_chds_user_and_the_allowed_group_may_connect() {
     let chd = Chd::start(&["--socket-mode", "0666", "--allowed-group", group]);
     chd.set("k", "v");
     std::fs::set_permissions(chd.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let gid = nix_gid(group);
-    let out = std::process::Command::new(chctl_path())
-        .arg("--socket")
-        .arg(&chd.socket)
-        .args(["get", "k"])
-        .uid(nobody)
-        .gid(gid)
-        .output()
-        .unwrap();
+    let out = get_as(&chd, nix_gid(group));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, b"v");
 }
