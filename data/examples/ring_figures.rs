@@ -7,10 +7,8 @@ fn main() {
     for n in [3u32, 8, 32] {
         let before = Ring::new(&(0..n).collect::<Vec<_>>(), 3, DEFAULT_PARTITIONS).unwrap();
         let after = before.with_node_added(n).unwrap();
-        let moved: usize = keys
-            .iter()
-            .map(|k| after.locate(k).1.iter().filter(|m| !before.locate(k).1.contains(m)).count())
-            .sum();
+        let moved: usize =
+            keys.iter().map(|k| after.locate(k).1.iter().filter(|m| !before.locate(k).1.contains(m)).count()).sum();
         let frac = moved as f64 / (keys.len() * 3) as f64;
         let opt = 1.0 / f64::from(n + 1);
         println!("  n={n:>2}: moved {frac:.4}, optimum 1/(n+1) = {opt:.4}, ratio {:.3}", frac / opt);
