@@ -38,6 +38,9 @@ const MAX_CONNECTIONS: usize = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // Handled from the start: a stop requested while nodes start is served once ready.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // Refuse a second chd before creating anything.
     refuse_live_socket(&settings.socket)?;
     let data = DataDir::open(&settings.data_dir)?;
@@ -96,8 +99,6 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
