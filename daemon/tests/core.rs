@@ -95,6 +95,31 @@ fn sigterm_stops_cleanly() {
 }
 
 #[test]
+fn ctrl_c_to_the_process_group_is_one_clean_shutdown() {
+    use std::os::unix::process::CommandExt;
+    let mut chd = Chd::start(&[]);
+    chd.set("a", "1");
+    chd.kill9();
+    // As a terminal does: chd in its own process group, SIGINT to the whole group, workers
+    // included. The workers must leave the shutdown to chd.
+    let mut cmd = chd.command();
+    cmd.process_group(0).stderr(std::fs::File::create(chd.dir.path().join("fg.log")).unwrap());
+    chd.child = Some(cmd.spawn().unwrap());
+    chd.wait_all_up(Duration::from_secs(30));
+    chd.set("b", "2");
+    let pid = chd.pid();
+    // SAFETY: plain kill(2) of a process group we started.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
+    let status = chd.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(chd.dir.path().join("fg.log")).unwrap();
+    assert!(!log.contains("respawning") && !log.contains("uncleanly"), "workers died before chd stopped them:\n{log}");
+    assert_eq!(log.matches("worker stopped cleanly").count(), 4, "{log}");
+    chd.restart();
+    assert_eq!(chd.get("b").as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
 fn bad_frames_get_errors_and_chd_keeps_serving() {
     let chd = Chd::start(&[]);
     chd.set("safe", "1");
@@ -237,7 +262,8 @@ fn only_root_chds_user_and_the_allowed_group_may_connect() {
     assert!(err.contains("permission denied"), "{err}");
     drop(chd);
 
-    let chd = Chd::start(&["--socket-mode", "0666", "--allowed-group", group]);
+    // 0660: the socket is given to the allowed group, which is what lets its members in.
+    let chd = Chd::start(&["--socket-mode", "0660", "--allowed-group", group]);
     chd.set("k", "v");
     std::fs::set_permissions(chd.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = get_as(&chd, nix_gid(group));

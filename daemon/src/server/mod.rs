@@ -70,7 +70,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     if settings.write_quorum > file.ring.replicas() {
         bail!("write_quorum: {} is more than the data dir's {} replicas", settings.write_quorum, file.ring.replicas());
     }
-    let listener = bind(&settings.socket, settings.socket_mode)?;
+    let listener = bind(&settings.socket, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?;
     let layout = file.layout();
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), file.next_node_id);
     let spawner = Spawner::start()?;
@@ -149,7 +149,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
 /// Binds the socket, refusing if a live chd answers on it and replacing a stale file left by
 /// one that was killed.
-fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -175,6 +175,12 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // The allowed group owns the socket, so that a mode like 0660 lets its members in.
+    if let Some(gid) = group.filter(|&g| g != nix::unistd::Gid::effective().as_raw()) {
+        if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
+            warn!(socket = %path.display(), gid, error = %e, "cannot give the socket to the allowed group; its members need a socket_mode that lets them in");
+        }
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
     Ok(listener)

@@ -323,8 +323,16 @@ impl Keeper {
                 }
                 Some(Event::Shutdown(done)) => {
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
-                    if tokio::time::timeout(STOP_TIMEOUT, wait_exit(generation, events)).await.is_err() {
-                        kill(pid);
+                    match tokio::time::timeout(STOP_TIMEOUT, wait_exit(generation, events)).await {
+                        Ok(Outcome::Exited(Some(s))) if s.success() => info!(node = id, "worker stopped cleanly"),
+                        Ok(Outcome::Exited(status)) => {
+                            warn!(node = id, ?status, "worker ended uncleanly during shutdown")
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            warn!(node = id, "worker did not stop in time; killing it");
+                            kill(pid);
+                        }
                     }
                     break Outcome::Shutdown(done);
                 }

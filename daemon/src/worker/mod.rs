@@ -52,6 +52,15 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    // chd alone decides when a worker stops (it asks over the socket, after the last write is
+    // answered). A SIGTERM from systemd to the whole cgroup, or a Ctrl-C to the terminal's
+    // process group, must not cut a worker out from under a graceful shutdown. If chd itself
+    // dies, PR_SET_PDEATHSIG still kills the worker.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
     // SAFETY: chd placed our end of the socketpair on WORKER_FD before exec; nothing else in
     // this process owns that fd.
     let stream = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
