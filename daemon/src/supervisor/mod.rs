@@ -56,6 +56,10 @@ pub enum Event {
     Hung {
         generation: u64,
     },
+    /// The worker's socket closed (it exited, or its link broke).
+    LinkLost {
+        generation: u64,
+    },
     /// `chctl node restart`: respawn now, forgetting earlier crashes.
     Restart,
     /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas.
@@ -226,7 +230,15 @@ impl Keeper {
                 return wait_exit(generation, events).await;
             }
         };
-        let (link, hello_rx, _closed) = link;
+        let (link, hello_rx, closed) = link;
+        // A link that breaks while the process lives (a frame chd cannot read) leaves the
+        // worker unreachable: it is killed and respawned.
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            if closed.await.is_ok() {
+                let _ = tx.send(Event::LinkLost { generation });
+            }
+        });
 
         // Wait for the hello, still noticing an early exit.
         let hello = tokio::select! {
@@ -284,6 +296,17 @@ impl Keeper {
                     warn!(node = id, pid, timeout_ms = HEALTH_TIMEOUT.as_millis() as u64, "worker hung; killing it");
                     self.cluster.update(id, |s| s.state = NodeState::Hung);
                     kill(pid);
+                }
+                Some(Event::LinkLost { generation: g }) if g == generation => {
+                    // Usually the process exited and its exit is about to be reported.
+                    match tokio::time::timeout(Duration::from_secs(1), wait_exit(generation, events)).await {
+                        Ok(outcome) => break outcome,
+                        Err(_) => {
+                            warn!(node = id, pid, "lost the link to a running worker; killing it");
+                            kill(pid);
+                            break wait_exit(generation, events).await;
+                        }
+                    }
                 }
                 Some(Event::Synced { generation: g, ok }) if g == generation => {
                     if ok {

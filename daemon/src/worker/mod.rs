@@ -182,7 +182,16 @@ fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> i
             (R::Digests(d), false)
         }
         WorkerRequest::Versions { partition, after, limit } => {
-            (R::Versions(node.versions(partition, after.as_deref(), limit as usize)?), false)
+            let mut page = node.versions(partition, after.as_deref(), limit as usize)?;
+            // Long keys: cut the page short to stay under the frame limit; the caller pages on.
+            let mut bytes = 0;
+            if let Some(cut) = page.iter().position(|(k, _)| {
+                bytes += k.len() + 8;
+                bytes > MAX_REPLY_BYTES
+            }) {
+                page.truncate(cut.max(1));
+            }
+            (R::Versions(page), false)
         }
         WorkerRequest::GetMany { keys } => {
             let mut out = Vec::with_capacity(keys.len());
