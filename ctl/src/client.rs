@@ -53,8 +53,15 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, request: Request) -> Result<Response, CallError> {
-        let id = self.send(request)?;
-        self.flush()?;
+        let sent = self.send(request).and_then(|id| self.flush().map(|()| id));
+        let id = match sent {
+            Ok(id) => id,
+            // chd may have closed after saying why (permission denied, say): read that.
+            Err(e) => match self.receive() {
+                Ok(ServerFrame { response: Err(chd), .. }) => return Err(chd.into()),
+                _ => return Err(e.into()),
+            },
+        };
         let frame = self.receive()?;
         if frame.id != id && frame.id != 0 {
             return Err(CallError::Io(anyhow!("chd answered request {} instead of {id}", frame.id)));

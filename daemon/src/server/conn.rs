@@ -67,7 +67,14 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
 
     if !auth::allowed(&peer, server.cluster.settings.allowed_group.as_ref().map(|g| g.1)) {
         debug!(uid = peer.uid, "connection refused: permission denied");
-        reply_and_close(0, Error::PermissionDenied { uid: peer.uid }).await;
+        // Answer the client's first request (its hello) rather than closing under it, so that
+        // it reads why instead of failing to write. Only a small frame is read, briefly.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(1), read_frame(&mut rd, 1024)).await;
+        let id = match first {
+            Ok(Ok(Some(body))) => peek_id(&body),
+            _ => 0,
+        };
+        reply_and_close(id, Error::PermissionDenied { uid: peer.uid }).await;
         drop(replies);
         let _ = writer.await;
         return;
