@@ -8,26 +8,6 @@ use std::time::{Duration, Instant};
 use chd_data::proto::Request;
 use common::*;
 
-/// After things settle: every node up and every live key on exactly R nodes.
-fn settle(chd: &Chd, live_keys: u64) {
-    chd.wait_all_up(Duration::from_secs(60));
-    wait_for("R copies of every key", Duration::from_secs(30), || chd.stored_copies() == 3 * live_keys);
-}
-
-fn live_keys(chd: &Chd, acked_prefixes: &[&str]) -> u64 {
-    // The load writes keys `<prefix><thread>-<0..300>`; count those that exist.
-    let mut c = chd.client();
-    let mut n = 0;
-    for p in acked_prefixes {
-        for t in 0..4 {
-            for i in 0..300 {
-                n += u64::from(c.get(&format!("{p}{t}-{i}")).is_some());
-            }
-        }
-    }
-    n
-}
-
 #[test]
 fn a_killed_worker_is_respawned_and_catches_up() {
     let chd = Chd::start(&[]);
@@ -42,7 +22,7 @@ fn a_killed_worker_is_respawned_and_catches_up() {
     std::thread::sleep(Duration::from_millis(300)); // keep writing while it catches up
     let acked = Load::finish(loads);
     check_acked(&chd, &acked);
-    let live = live_keys(&chd, &["kw-"]);
+    let live = live_keys(&chd, "kw-", 4);
     settle(&chd, live);
 }
 
@@ -89,7 +69,7 @@ fn a_worker_whose_directory_is_deleted_is_rebuilt_from_replicas() {
     });
     let acked = Load::finish(loads);
     check_acked(&chd, &acked);
-    let live = live_keys(&chd, &["rm-"]);
+    let live = live_keys(&chd, "rm-", 4);
     settle(&chd, live);
     assert!(chd.log().contains("rebuilding the node from its replicas"), "{}", chd.log());
 }

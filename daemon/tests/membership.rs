@@ -7,22 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn live(chd: &Chd, prefix: &str, threads: usize) -> u64 {
-    let mut c = chd.client();
-    let mut n = 0;
-    for t in 0..threads {
-        for i in 0..300 {
-            n += u64::from(c.get(&format!("{prefix}{t}-{i}")).is_some());
-        }
-    }
-    n
-}
-
-fn settle(chd: &Chd, live: u64) {
-    chd.wait_all_up(Duration::from_secs(60));
-    wait_for("R copies of every key", Duration::from_secs(30), || chd.stored_copies() == 3 * live);
-}
-
 fn node_ids(chd: &Chd) -> Vec<u64> {
     chd.status()["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_u64().unwrap()).collect()
 }
@@ -72,7 +56,7 @@ fn grow_from_3_to_5_and_shrink_back_under_load() {
     for i in (0..2000).step_by(7) {
         assert_eq!(c.get(&format!("base-{i}")), Some(format!("v{i}").into_bytes()));
     }
-    settle(&chd, 2000 + live(&chd, "grow-", 3));
+    settle(&chd, 2000 + live_keys(&chd, "grow-", 3));
 }
 
 #[test]
@@ -108,7 +92,7 @@ fn kill_9_of_chd_mid_migration_resumes_it() {
     for i in (0..20_000).step_by(13) {
         assert_eq!(c.get(&format!("mig-{i}")), Some(format!("value-{i}").into_bytes()));
     }
-    settle(&chd, 20_000 + live(&chd, "mid-", 2));
+    settle(&chd, 20_000 + live_keys(&chd, "mid-", 2));
 }
 
 #[test]

@@ -305,3 +305,21 @@ pub fn check_acked(chd: &Chd, acked: &BTreeMap<String, String>) {
         assert_eq!(c.get(k).as_deref(), Some(v.as_bytes()), "acknowledged write of {k} lost");
     }
 }
+
+/// Live keys among those a [`Load`] of `threads` writers with `prefix` may have written.
+pub fn live_keys(chd: &Chd, prefix: &str, threads: usize) -> u64 {
+    let mut c = chd.client();
+    let mut n = 0;
+    for t in 0..threads {
+        for i in 0..300 {
+            n += u64::from(c.get(&format!("{prefix}{t}-{i}")).is_some());
+        }
+    }
+    n
+}
+
+/// After things settle: every node up and every live key on exactly R (3) nodes.
+pub fn settle(chd: &Chd, live_keys: u64) {
+    chd.wait_all_up(Duration::from_secs(60));
+    wait_for("R copies of every key", Duration::from_secs(30), || chd.stored_copies() == 3 * live_keys);
+}
