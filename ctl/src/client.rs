@@ -20,7 +20,7 @@ pub struct Client {
 /// What went wrong talking to chd: chd's own typed error, or a failure to reach it at all.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("{0}")]
+    #[error(transparent)]
     Chd(#[from] Error),
     #[error(transparent)]
     Io(#[from] anyhow::Error),

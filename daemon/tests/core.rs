@@ -275,3 +275,17 @@ fn nix_gid(group: &str) -> u32 {
     let out = std::process::Command::new("getent").args(["group", group]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().trim().parse().unwrap()
 }
+
+#[test]
+fn errors_from_chd_are_one_clear_line() {
+    let chd = Chd::start(&[]);
+    for (args, expect) in [
+        (&["node", "remove", "99"][..], "chctl: no node with id 99; see `chctl status`"),
+        (&["set", "", "x"], "chctl: key must not be empty"),
+        (&["node", "restart", "42"], "chctl: no node with id 42; see `chctl status`"),
+    ] {
+        let out = chd.ctl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), expect, "{args:?}");
+    }
+}
