@@ -40,6 +40,10 @@ pub struct ConfigArgs {
     /// Log level or tracing filter, e.g. info, debug [default: info; RUST_LOG overrides].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Compare all replicas in the background after start and copy what differs, healing
+    /// what a crash left behind [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub startup_repair: Option<bool>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -54,6 +58,7 @@ struct FileConfig {
     socket_mode: Option<String>,
     allowed_group: Option<String>,
     log_level: Option<String>,
+    startup_repair: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +74,7 @@ pub struct Settings {
     pub socket_mode: u32,
     pub allowed_group: Option<(String, u32)>,
     pub log_level: String,
+    pub startup_repair: bool,
 }
 
 impl Settings {
@@ -99,6 +105,7 @@ impl Settings {
             }
         };
         let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        let startup_repair = args.startup_repair.or(file.startup_repair).unwrap_or(true);
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| anyhow::anyhow!("log_level: {log_level:?} is not a level or filter: {e}"))?;
 
@@ -128,6 +135,7 @@ impl Settings {
             socket_mode,
             allowed_group,
             log_level,
+            startup_repair,
         })
     }
 
@@ -150,6 +158,7 @@ impl Settings {
             None => s += "# allowed_group: none\n",
         }
         s += &format!("log_level = \"{}\"\n", self.log_level);
+        s += &format!("startup_repair = {}\n", self.startup_repair);
         s
     }
 }

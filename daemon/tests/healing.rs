@@ -100,7 +100,8 @@ fn a_corrupt_database_is_moved_aside_and_rebuilt() {
 
 #[test]
 fn repair_fixes_a_stale_replica_and_then_finds_nothing() {
-    let mut chd = Chd::start(&[]);
+    // Without the automatic pass at start, so that `chctl repair` is the one to find the damage.
+    let mut chd = Chd::start(&["--startup-repair", "false"]);
     let victim = chd.node(0)["pid"].as_u64().unwrap() as u32;
     signal(victim, libc::SIGSTOP);
     // Writes acknowledged by the other replicas while node 0 misses them; then chd dies before

@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::coordinator::{Coordinator, KeyLocks};
 use crate::datadir::{ClusterFile, DataDir};
 use crate::membership;
+use crate::repair;
 use crate::supervisor::{self, spawn::Spawner, Event};
 use crate::versions::Versions;
 
@@ -88,7 +89,24 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     });
     // A change interrupted by a crash goes on; leftovers of a completed one are dropped.
     membership::resume(&cluster);
-    tokio::spawn(async move { membership::drop_unowned(&cluster).await });
+    let startup_repair = settings.startup_repair;
+    tokio::spawn(async move {
+        membership::drop_unowned(&cluster).await;
+        // A crash of chd can leave a write on W replicas but not on all R (the rest was still
+        // on its way), and nodes that were down when chd stopped come back behind. Reads are
+        // correct regardless (quorums intersect); this pass restores R copies of everything.
+        if startup_repair {
+            match repair::repair_all(&cluster).await {
+                Ok(r) => info!(
+                    partitions_differing = r.partitions_differing,
+                    records = r.keys_repaired,
+                    unreachable = ?r.unreachable_nodes,
+                    "startup repair done"
+                ),
+                Err(e) => warn!(error = %format!("{e:#}"), "startup repair stopped; run `chctl repair`"),
+            }
+        }
+    });
 
     let up = count_up(&server.cluster);
     info!(socket = %settings.socket.display(), data_dir = %settings.data_dir.display(), nodes_up = up, "chd is ready");
