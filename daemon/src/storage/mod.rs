@@ -68,5 +68,9 @@ pub(crate) mod tests {
         let e = sled::SledEngine::open(dir.path()).unwrap();
         assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
         assert!(e.size_on_disk() > 0);
+        // A second open while the first holds the lock is "busy", not "damaged": the worker
+        // waits for it instead of having the database moved aside.
+        let busy = sled::SledEngine::open(dir.path()).err().expect("second open must fail");
+        assert_eq!(busy.kind(), std::io::ErrorKind::WouldBlock, "{busy}");
     }
 }

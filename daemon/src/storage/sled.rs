@@ -31,7 +31,12 @@ impl SledEngine {
             // background I/O.
             .flush_every_ms(None)
             .open()
-            .map_err(io_err)?;
+            .map_err(|e| match io_err(e) {
+                // sled reports a held lock as a generic error; callers need to tell "busy" from
+                // "damaged", so it becomes WouldBlock.
+                e if e.to_string().contains("could not acquire lock") => io::Error::new(io::ErrorKind::WouldBlock, e),
+                e => e,
+            })?;
         let log = File::open(dir.join("db"))?;
         // Make the directory entries of files sled just created durable too.
         File::open(dir)?.sync_all()?;

@@ -32,6 +32,8 @@ use proto::{Frame, WorkerHello, WorkerRequest, WorkerResponse, MAX_WORKER_FRAME}
 pub const WORKER_FD: i32 = 3;
 /// Exit status of a worker whose database cannot be opened: chd moves it aside and rebuilds.
 pub const EXIT_BAD_DATABASE: i32 = 3;
+/// Exit status of a worker whose database another process still holds locked.
+pub const EXIT_DATABASE_BUSY: i32 = 4;
 
 /// Most requests applied in one batch (one sync).
 const MAX_BATCH: usize = 512;
@@ -66,6 +68,12 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let stream = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
     let engine = match open_engine(&args.dir) {
         Ok(e) => e,
+        // Another process still holds the database: not a sign of damage, so not a reason to
+        // move it aside. Exit and let chd try again later.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            eprintln!("chd worker {}: database {} is locked by another process: {e}", args.id, args.dir.display());
+            std::process::exit(EXIT_DATABASE_BUSY);
+        }
         Err(e) => {
             eprintln!("chd worker {}: cannot open database {}: {e}", args.id, args.dir.display());
             std::process::exit(EXIT_BAD_DATABASE);
