@@ -245,7 +245,7 @@ impl Keeper {
             h = tokio::time::timeout(HELLO_TIMEOUT, hello_rx) => match h {
                 Ok(Ok(h)) => h,
                 _ => {
-                    error!(node = id, "worker did not start in time");
+                    error!(node = id, "worker exited or did not start in time");
                     kill(pid);
                     return wait_exit(generation, events).await;
                 }
