@@ -30,16 +30,6 @@ pub enum Error {
     NoSuchNode(u32),
     #[error("{0}")]
     Refused(String),
-    #[error("chd is shutting down; retry once it is back")]
-    ShuttingDown,
     #[error("internal error in chd: {0}")]
     Internal(String),
-}
-
-impl Error {
-    /// Whether the same request could succeed if retried later (the data or the cluster may
-    /// change), as opposed to one that will fail the same way every time.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::ShuttingDown | Error::Internal(_))
-    }
 }
