@@ -1,0 +1,2 @@
+//! chd-torture (being written).
+fn main() {}
