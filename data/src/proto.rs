@@ -220,6 +220,8 @@ pub struct NodeStatus {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub progress: Option<NodeProgress>,
+    /// Why the node is in its state, when that needs saying (failed, waiting for disk space).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

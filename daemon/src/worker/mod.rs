@@ -34,6 +34,10 @@ pub const WORKER_FD: i32 = 3;
 pub const EXIT_BAD_DATABASE: i32 = 3;
 /// Exit status of a worker whose database another process still holds locked.
 pub const EXIT_DATABASE_BUSY: i32 = 4;
+/// Exit status of a worker that ran out of disk space: chd waits for space, never quarantines.
+pub const EXIT_DISK_FULL: i32 = 5;
+/// Exit status of a worker that hit an I/O error other than a full disk.
+pub const EXIT_IO: i32 = 6;
 
 /// Most requests applied in one batch (one sync).
 const MAX_BATCH: usize = 512;
