@@ -30,10 +30,12 @@ pub struct Frame<T> {
 pub enum WorkerRequest {
     /// Store unless a record with an equal or higher version is there. Answered once durable.
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         record: Record,
     },
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Ping,
