@@ -107,6 +107,16 @@ pub(crate) struct Volatile {
 
 type Res<T> = Result<T, Errno>;
 
+/// The changes a `setattr` asks for.
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 fn eio(e: StoreError) -> Errno {
     eprintln!("chd-lazyfs: backing store: {e}");
     Errno::EIO
@@ -416,27 +426,18 @@ impl Volatile {
         files.iter().map(|f| f.data.lock().unwrap_or_else(|p| p.into_inner()).overlay.dirty_bytes()).sum()
     }
 
-    fn set_size(&self, ino: u64, f: &FileNode, len: u64) {
+    fn set_size(&self, f: &FileNode, len: u64) {
         let mut data = f.data.lock().unwrap_or_else(|p| p.into_inner());
         data.overlay.set_size(len);
         f.size.store(len, Ordering::Release);
-        let _ = ino;
     }
 
-    fn do_setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-    ) -> Res<FileAttr> {
+    fn do_setattr(&self, ino: u64, change: SetAttr) -> Res<FileAttr> {
+        let SetAttr { mode, uid, gid, size, atime, mtime } = change;
         let _g = self.live()?;
         if let Some(len) = size {
             let f = self.ns().file(ino)?;
-            self.set_size(ino, &f, len);
+            self.set_size(&f, len);
         }
         let mut ns = self.ns();
         let n = ns.node_mut(ino)?;
@@ -643,7 +644,7 @@ impl Filesystem for Fuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.0.do_setattr(ino.0, mode, uid, gid, size, atime, mtime) {
+        match self.0.do_setattr(ino.0, SetAttr { mode, uid, gid, size, atime, mtime }) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -776,7 +777,7 @@ impl Filesystem for Fuse {
                 }
             };
             if let (Some(f), true) = (f, flags.0 & libc::O_TRUNC != 0) {
-                v.set_size(ino.0, &f, 0);
+                v.set_size(&f, 0);
             }
             Ok(v.fh())
         });

@@ -139,9 +139,14 @@ fn teardown(m: Mounted, mountpoint: &Path) -> Result<(), Error> {
     if let Some(conn) = m.conn {
         procs::abort_connection(conn);
     }
+    // Detach, so descriptors the caller (or a survivor) still holds do not make it EBUSY; fuser
+    // would try a plain umount. Those descriptors now fail, as on a dead disk.
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| Error::Unmount { path: mountpoint.to_owned(), source: e.into() })?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(m.session.umount_and_join());
+        // Already unmounted above; fuser's own umount on drop then finds nothing there.
+        let _ = tx.send(m.session.join());
     });
     match rx.recv_timeout(CUT_WAIT) {
         Ok(Ok(())) => Ok(()),

@@ -39,19 +39,16 @@ fn main() -> anyhow::Result<()> {
     }
     println!("ready");
     std::io::stdout().flush()?;
-    loop {
-        match signals.wait().context("sigwait")? {
-            Signal::SIGUSR1 => match fs.power_cut() {
-                Ok(r) => eprintln!(
-                    "chd-lazyfs: power cut: killed {:?}, survivors {:?}, {} unsynced bytes lost",
-                    r.killed, r.survivors, r.unsynced_bytes
-                ),
-                Err(e) => {
-                    eprintln!("chd-lazyfs: power cut failed: {e}");
-                    std::process::exit(1);
-                }
-            },
-            _ => break,
+    while signals.wait().context("sigwait")? == Signal::SIGUSR1 {
+        match fs.power_cut() {
+            Ok(r) => eprintln!(
+                "chd-lazyfs: power cut: killed {:?}, survivors {:?}, {} unsynced bytes lost",
+                r.killed, r.survivors, r.unsynced_bytes
+            ),
+            Err(e) => {
+                eprintln!("chd-lazyfs: power cut failed: {e}");
+                std::process::exit(1);
+            }
         }
     }
     if let Some(sock) = &args.control {

@@ -15,6 +15,7 @@
 //! Every change to the store is itself made durable on the real disk (fsync of the file and,
 //! for a new name, of its directory), so the store stays right across a real crash too.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -284,13 +285,13 @@ impl Store {
                     Kind::Dir if !seen_dirs.insert(e.ino) => continue,
                     Kind::Dir => queue.push_back((e.ino, dir)),
                     Kind::File => {
-                        if !loaded.file_len.contains_key(&e.ino) {
+                        if let MapEntry::Vacant(slot) = loaded.file_len.entry(e.ino) {
                             let len = match fs::metadata(self.data_path(e.ino)) {
                                 Ok(m) => m.len(),
                                 Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
                                 Err(err) => return Err(StoreError::Io { path: self.data_path(e.ino), source: err }),
                             };
-                            loaded.file_len.insert(e.ino, len);
+                            slot.insert(len);
                         }
                     }
                     Kind::Symlink => {}
