@@ -11,6 +11,13 @@
 //!
 //! Every file is replaced atomically (write to a temporary, fsync, rename, fsync the directory),
 //! so a crash leaves either the old or the new content.
+//!
+//! Every name chd makes is durable before anything depends on it, because a power cut keeps
+//! only what was fsynced, directory entries included (a process crash keeps the page cache and
+//! hides such holes): the data dir and `nodes/` are fsynced into their parents when opened,
+//! `nodes/<id>` into `nodes/` before its worker is spawned ([`create_dir_durable`]), `quarantine/`
+//! into the data dir before anything is moved there, and a deleted node directory's removal is
+//! fsynced too. What a worker creates inside `nodes/<id>` is the worker's to make durable.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -61,7 +68,13 @@ impl ClusterFile {
 impl DataDir {
     /// Creates the directory if needed and takes its lock, refusing if another chd holds it.
     pub fn open(root: &Path) -> anyhow::Result<DataDir> {
-        fs::create_dir_all(root).with_context(|| format!("cannot create data dir {}", root.display()))?;
+        if root.is_dir() {
+            // Made by someone else (an installer, a chd killed before its fsync): make its name
+            // durable if we may; a parent we cannot open is not ours to worry about.
+            let _ = sync_dir(parent_of(root));
+        } else {
+            create_dir_durable(root).with_context(|| format!("cannot create data dir {}", root.display()))?;
+        }
         let path = root.join("chd.lock");
         let mut lock = OpenOptions::new()
             .read(true)
@@ -80,7 +93,7 @@ impl DataDir {
         lock.set_len(0)?;
         lock.rewind()?;
         write!(lock, "{}", std::process::id())?;
-        fs::create_dir_all(root.join("nodes"))?;
+        create_dir_durable(&root.join("nodes")).with_context(|| format!("cannot create {}/nodes", root.display()))?;
         Ok(DataDir { root: fs::canonicalize(root)?, _lock: lock })
     }
 
@@ -90,6 +103,13 @@ impl DataDir {
 
     pub fn node_dir(&self, id: NodeId) -> PathBuf {
         self.root.join("nodes").join(id.to_string())
+    }
+
+    /// Deletes the database of a node that left, durably: a power cut must not bring back a
+    /// directory that chd believes gone.
+    pub fn remove_node_dir(&self, id: NodeId) -> std::io::Result<()> {
+        fs::remove_dir_all(self.node_dir(id))?;
+        sync_dir_io(&self.root.join("nodes"))
     }
 
     pub fn load_cluster(&self) -> anyhow::Result<Option<ClusterFile>> {
@@ -124,7 +144,9 @@ impl DataDir {
             return Ok(None);
         }
         let q = self.root.join("quarantine");
-        fs::create_dir_all(&q)?;
+        // Durable in the data dir first: a rename into a directory a cut can undo would lose the
+        // database with it.
+        create_dir_durable(&q).with_context(|| format!("cannot create {}", q.display()))?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut to = q.join(format!("node-{id}-{stamp}"));
         let mut n = 1;
@@ -133,6 +155,8 @@ impl DataDir {
             n += 1;
         }
         fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        // The new name first: a cut between the two leaves the database under both names, never
+        // under neither.
         sync_dir(&q)?;
         sync_dir(&self.root.join("nodes"))?;
         Ok(Some(to))
@@ -151,9 +175,37 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    sync_dir_io(dir).with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
     let d = File::open(dir)?;
     nix::unistd::fsync(d.as_fd())?;
     Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Creates `dir` (and missing ancestors) if needed, and makes its name durable: fsyncs its
+/// parent, also when `dir` already existed, since an earlier process may have made it and died
+/// (or been killed) before that fsync, leaving a name that only the page cache holds.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir_durable(parent_of(dir))?;
+            match fs::create_dir(dir) {
+                Err(e) if !(e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir()) => return Err(e),
+                _ => {}
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    sync_dir_io(parent_of(dir))
 }
 
 #[cfg(test)]
@@ -191,5 +243,26 @@ mod tests {
         let to = d.quarantine(1).unwrap().unwrap();
         assert_eq!(fs::read(to.join("db")).unwrap(), b"precious");
         assert!(!d.node_dir(1).exists());
+    }
+
+    #[test]
+    fn create_dir_durable_makes_missing_ancestors_and_accepts_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).unwrap();
+        fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(create_dir_durable(&dir.path().join("file")).is_err(), "a file is not a directory");
+    }
+
+    #[test]
+    fn a_removed_node_dir_stays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(&dir.path().join("data")).unwrap();
+        create_dir_durable(&d.node_dir(4)).unwrap();
+        fs::write(d.node_dir(4).join("db"), b"x").unwrap();
+        d.remove_node_dir(4).unwrap();
+        assert!(!d.node_dir(4).exists());
     }
 }

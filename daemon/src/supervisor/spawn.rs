@@ -4,6 +4,9 @@
 //! multi-threaded daemon. All spawns happen on one dedicated thread that lives as long as chd:
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so a spawn from a
 //! short-lived thread would kill the worker with that thread.
+//!
+//! Before each spawn the node's directory is created if missing and fsynced into `nodes/`
+//! (see [`crate::datadir`]), so no worker ever writes into a directory a power cut could undo.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -58,6 +61,9 @@ impl Spawner {
 }
 
 fn spawn(exe: &std::path::Path, id: NodeId, dir: &std::path::Path, partitions: u32) -> io::Result<Spawned> {
+    // The worker's database lives in `dir`; its name must be durable before the worker
+    // acknowledges anything written there, or a power cut takes the whole node.
+    crate::datadir::create_dir_durable(dir)?;
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
