@@ -4,6 +4,15 @@
 //! process but not of the machine. [`SledEngine::sync`] therefore follows it with an
 //! `fdatasync` of sled's log file (`<dir>/db`). The worker calls `sync` once per batch of writes
 //! (group commit), not once per write.
+//!
+//! Errors keep their kind (see `io_err`): the worker's exit status, and so whether chd sets a
+//! database aside, depends on telling a full disk from a failing one from a damaged database.
+//!
+//! sled 0.34 on a full disk: an `insert` or `flush` fails with ENOSPC, and then every later
+//! call fails the same way; dropping the `Db` afterwards can hang forever (seen with 1 MiB
+//! values on a full tmpfs: the drop's flush waits on a write that never completes), and
+//! opening a database on a full filesystem fails with ENOSPC. The worker therefore checks free
+//! space before it writes and, after a storage error, exits without dropping the engine.
 
 use std::fs::File;
 use std::io;
@@ -16,10 +25,15 @@ pub struct SledEngine {
     log: File,
 }
 
+/// sled's errors as `io::Error`s whose kind keeps what the worker must tell apart (see
+/// [`crate::worker::classify`]): an I/O error stays as it is (ENOSPC keeps its kind
+/// `StorageFull` even when sled hands out a copy without the OS error code), and everything
+/// sled reports about its own files (corruption, an unsupported or foreign format, a bug it
+/// detected) becomes `InvalidData`, "this database fails its own checks".
 fn io_err(e: sled::Error) -> io::Error {
     match e {
         sled::Error::Io(e) => e,
-        other => io::Error::other(other.to_string()),
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("sled: {other}")),
     }
 }
 
