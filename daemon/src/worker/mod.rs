@@ -833,3 +833,120 @@ mod tests {
         assert!(fatal.why.contains("undecodable"), "{}", fatal.why);
     }
 }
+
+/// The real sled on a real full filesystem (a tmpfs, so root only; skipped otherwise).
+#[cfg(test)]
+mod enospc_tests {
+    use super::*;
+    use chd_data::Record;
+    use std::process::Command;
+
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: not root, cannot mount a tmpfs");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("skipped: cannot mount a tmpfs");
+        }
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    struct Plenty;
+    impl FreeSpace for Plenty {
+        fn free_bytes(&self) -> io::Result<u64> {
+            Ok(u64::MAX)
+        }
+    }
+
+    /// What happens when the space check is passed and the disk fills anyway (another process
+    /// took the space): sled fails with ENOSPC, the worker stops with `DiskFull` (not
+    /// `BadDatabase`, so chd does not set the database aside), does not hang, does not answer
+    /// the failed batch, and every write it did answer is in the database.
+    fn enospc_case(value_len: usize) {
+        let outer = tempfile::tempdir().unwrap();
+        let Some(fs) = mount(&outer.path().join("mnt"), "4m") else { return };
+        let dir = fs.0.join("db");
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = Node::open(SledEngine::open(&dir).unwrap(), 4).unwrap();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let (done_tx, done) = mpsc::channel();
+        let mut stopped = None;
+        std::thread::spawn(move || {
+            let _ = done_tx.send(serve(node, theirs, Box::new(Plenty), 0));
+        });
+        read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("hello");
+        let mut acked = Vec::new();
+        for i in 0u32.. {
+            let key = format!("k{i}").into_bytes();
+            let record = Record { version: u64::from(i) + 1, value: Some(vec![i as u8; value_len]) };
+            let mut buf = Vec::new();
+            encode_frame(
+                &Frame { id: u64::from(i) + 1, msg: WorkerRequest::Put { key: key.clone(), record } },
+                &mut buf,
+            );
+            if ours.write_all(&buf).is_err() {
+                break;
+            }
+            // In this test the worker is a thread, whose socket stays open after it stops: wait
+            // for either its reply or its end.
+            let waited = Instant::now();
+            let reply = loop {
+                match read_frame(&mut ours, MAX_WORKER_FRAME) {
+                    Ok(Some(body)) => break Some(decode_body::<Frame<WorkerResponse>>(&body).unwrap()),
+                    Ok(None) => break None,
+                    Err(_) if stopped.is_none() => match done.try_recv() {
+                        Ok(r) => stopped = Some(r),
+                        Err(_) => assert!(
+                            waited.elapsed() < Duration::from_secs(20),
+                            "after {} acknowledged writes the worker neither answered nor stopped",
+                            acked.len()
+                        ),
+                    },
+                    Err(_) => break None,
+                }
+            };
+            let Some(f) = reply else { break };
+            assert_eq!(f.msg, WorkerResponse::Stored(true));
+            acked.push((key, i));
+            assert!(i < 10_000, "the disk never filled");
+        }
+        let fatal = stopped.expect("the worker stopped").expect_err("not a clean stop");
+        assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
+        assert!(!acked.is_empty());
+        // The database as a crash at this moment would leave it (the failed worker's sled still
+        // holds the lock here, so a copy is opened).
+        let copy = tempfile::tempdir().unwrap();
+        assert!(Command::new("cp").arg("-a").arg(&dir).arg(copy.path()).status().unwrap().success());
+        let node = Node::open(SledEngine::open(&copy.path().join("db")).unwrap(), 4).unwrap();
+        for (key, i) in &acked {
+            let r = node.get(key).unwrap().unwrap_or_else(|| panic!("acknowledged write {i} lost"));
+            assert_eq!(r.version, u64::from(*i) + 1);
+        }
+    }
+
+    #[test]
+    fn sled_out_of_space_with_small_values_stops_the_worker_as_disk_full() {
+        enospc_case(20_000);
+    }
+
+    #[test]
+    fn sled_out_of_space_with_blob_values_stops_the_worker_as_disk_full() {
+        enospc_case(300_000);
+    }
+}
