@@ -198,7 +198,8 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let nodes = last.map(|s| s.nodes.iter().map(|n| format!("{}: {:?} {:?}", n.id, n.state, n.note)).collect::<Vec<_>>());
+        let nodes =
+            last.map(|s| s.nodes.iter().map(|n| format!("{}: {:?} {:?}", n.id, n.state, n.note)).collect::<Vec<_>>());
         Err(format!("{}: not every node up after {UP_LIMIT:?}: {:?}", self.name, nodes.unwrap_or_default()))
     }
 
@@ -376,6 +377,14 @@ fn change_membership(cluster: &Cluster, status: &StatusReport) -> std::thread::J
     })
 }
 
+fn describe(s: &StatusReport) -> String {
+    let nodes: Vec<String> = s.nodes.iter().map(|n| format!("{}:{}", n.id, n.state.as_str())).collect();
+    match &s.migration {
+        Some(m) => format!("[{}], {} at {}/{}", nodes.join(" "), m.what, m.partitions_done, m.partitions_total),
+        None => format!("[{}]", nodes.join(" ")),
+    }
+}
+
 fn cut(fs: &LazyFs, cluster: &mut Cluster) {
     // chd's pid too: one cut before it opened anything on the mount would not find it.
     fs.power_cut_killing(&[cluster.pid()]).unwrap();
@@ -406,7 +415,7 @@ fn acknowledged_writes_survive_power_cuts() {
     let mut findings: Vec<String> = Vec::new();
     let (mut acked, mut unknown) = (0, 0);
     let started = Instant::now();
-    let mut main_started = false;
+    let mut last_main_cut = None;
     for round in 0..cuts {
         let scenario = SCENARIOS[round % SCENARIOS.len()];
         let when = format!("after cut {round} ({scenario:?})");
@@ -428,10 +437,10 @@ fn acknowledged_writes_survive_power_cuts() {
             counts
         } else {
             main.start();
-            if main_started {
-                findings.extend(main.check(&history, &format!("before cut {round}")));
+            if let Some((last, s)) = last_main_cut {
+                findings.extend(main.check(&history, &format!("after cut {last} ({s:?})")));
             }
-            main_started = true;
+            last_main_cut = Some((round, scenario));
             let status = match main.wait_all_up() {
                 Ok(s) => s,
                 Err(e) => {
@@ -468,7 +477,10 @@ fn acknowledged_writes_survive_power_cuts() {
                 }
                 Scenario::FirstStart => unreachable!(),
             }
+            // What the cut interrupts, for the log: each node's state and a migration's progress.
+            let at_cut = main.status().map_or("no answer".into(), |s| describe(&s));
             cut(&fs, &mut main);
+            eprintln!("  cut {round} hit main with {at_cut}");
             if let Some(change) = change {
                 let _ = change.join();
             }
