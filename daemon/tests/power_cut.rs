@@ -284,7 +284,7 @@ impl Load {
                 let names: Vec<String> = (0..KEYS_PER_WRITER).map(|i| cluster.key(t * KEYS_PER_WRITER + i)).collect();
                 let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
                 std::thread::spawn(move || {
-                    let (mut acked, mut unknown) = (0, 0);
+                    let (mut done, mut acked, mut unknown) = (0, 0, 0);
                     let mut client = None;
                     while !stop.load(Ordering::SeqCst) {
                         let Some(c) = client.as_mut() else {
@@ -413,7 +413,7 @@ fn acknowledged_writes_survive_power_cuts() {
     let mut main = Cluster::new("main", &mnt, tmp.path());
     let mut fresh: Vec<Cluster> = Vec::new();
     let mut findings: Vec<String> = Vec::new();
-    let (mut acked, mut unknown) = (0, 0);
+    let (mut done, mut acked, mut unknown) = (0, 0, 0);
     let started = Instant::now();
     let mut last_main_cut = None;
     for round in 0..cuts {
@@ -449,7 +449,15 @@ fn acknowledged_writes_survive_power_cuts() {
                 }
             };
             if scenario == Scenario::Rebuild {
-                // A node's directory is lost while chd is down; chd rebuilds it at start.
+                // A node's directory is lost while chd is down; chd rebuilds it at start. First
+                // every write goes to all R replicas (a cut may have left some on W only, and
+                // may have interrupted the startup repair that heals that), so that losing one
+                // directory is one fault, which R=3, W=2 must survive.
+                let repaired = Client::connect(&main.socket).ok().map(|mut c| c.call(Request::Repair));
+                if !matches!(repaired, Some(Ok(Ok(Response::Repair(_))))) {
+                    findings.push(format!("before cut {round}: repair failed: {repaired:?}"));
+                    break;
+                }
                 main.reap();
                 let victim = status.nodes[rng.below(status.nodes.len() as u64) as usize].id;
                 let dir = main.data.join("nodes").join(victim.to_string());
@@ -465,7 +473,8 @@ fn acknowledged_writes_survive_power_cuts() {
                     std::thread::sleep(rng.millis(50, 300));
                     let pids: Vec<u32> = status.nodes.iter().filter_map(|n| n.pid).collect();
                     let victim = pids[rng.below(pids.len() as u64) as usize];
-                    common::signal(victim, libc::SIGKILL);
+                    // SAFETY: plain kill(2); the worker may already be gone, which is fine.
+                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
                     std::thread::sleep(rng.millis(0, 1200));
                 }
                 Scenario::Rebuild => std::thread::sleep(rng.millis(0, 2500)),
@@ -486,6 +495,7 @@ fn acknowledged_writes_survive_power_cuts() {
             }
             load.finish()
         };
+        done += 1;
         acked += counts.0;
         unknown += counts.1;
         eprintln!(
@@ -513,7 +523,7 @@ fn acknowledged_writes_survive_power_cuts() {
     }
     drop(out);
     eprintln!(
-        "{cuts} cuts in {:.0} s: {acked} writes acknowledged, {unknown} unknown, {} operations in {}",
+        "{done} cuts in {:.0} s: {acked} writes acknowledged, {unknown} unknown, {} operations in {}",
         elapsed.as_secs_f64(),
         ops.len(),
         path.display()
