@@ -284,7 +284,7 @@ impl Load {
                 let names: Vec<String> = (0..KEYS_PER_WRITER).map(|i| cluster.key(t * KEYS_PER_WRITER + i)).collect();
                 let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
                 std::thread::spawn(move || {
-                    let (mut done, mut acked, mut unknown) = (0, 0, 0);
+                    let (mut acked, mut unknown) = (0, 0);
                     let mut client = None;
                     while !stop.load(Ordering::SeqCst) {
                         let Some(c) = client.as_mut() else {
