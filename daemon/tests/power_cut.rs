@@ -45,11 +45,32 @@ const WRITERS: usize = 3;
 const KEYS_PER_WRITER: usize = 6;
 const UP_LIMIT: Duration = Duration::from_secs(90);
 
-/// The largest value written. 4 MiB values make a debug build's worker too slow to answer its
-/// pings under load (it is then killed as hung, which is not what this test is about), so a
-/// debug build writes up to 1 MiB: still well above sled's 128 KiB blob threshold.
+/// The largest value written: far above sled's 128 KiB blob threshold, so a few percent of the
+/// writes go to sled's blob files. (Workers answer pings from their reader thread, so even a
+/// debug build is not killed as hung while it writes 4 MiB values.)
 fn max_value() -> usize {
-    env_usize("CHD_POWER_CUT_MAX_VALUE").unwrap_or(if cfg!(debug_assertions) { 1 << 20 } else { 4 << 20 })
+    env_usize("CHD_POWER_CUT_MAX_VALUE").unwrap_or(4 << 20)
+}
+
+/// What a writer thread saw.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    acked: usize,
+    unknown: usize,
+    /// Acknowledged values over 1 MiB, and the largest acknowledged value.
+    acked_over_1m: usize,
+    largest_acked: usize,
+}
+
+impl Counts {
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            acked: self.acked + o.acked,
+            unknown: self.unknown + o.unknown,
+            acked_over_1m: self.acked_over_1m + o.acked_over_1m,
+            largest_acked: self.largest_acked.max(o.largest_acked),
+        }
+    }
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -270,7 +291,7 @@ impl Cluster {
 /// chd goes away.
 struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(usize, usize)>>,
+    threads: Vec<std::thread::JoinHandle<Counts>>,
 }
 
 impl Load {
@@ -284,7 +305,7 @@ impl Load {
                 let names: Vec<String> = (0..KEYS_PER_WRITER).map(|i| cluster.key(t * KEYS_PER_WRITER + i)).collect();
                 let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
                 std::thread::spawn(move || {
-                    let (mut acked, mut unknown) = (0, 0);
+                    let mut n = Counts::default();
                     let mut client = None;
                     while !stop.load(Ordering::SeqCst) {
                         let Some(c) = client.as_mut() else {
@@ -317,9 +338,11 @@ impl Load {
                         });
                         if ok {
                             model.lock().unwrap().floor = Some(seq);
-                            acked += 1;
+                            n.acked += 1;
+                            n.acked_over_1m += usize::from(size > 1 << 20);
+                            n.largest_acked = n.largest_acked.max(size);
                         } else {
-                            unknown += 1;
+                            n.unknown += 1;
                         }
                         if r.is_err() {
                             // The connection is gone (the cut); the outcome stays unknown.
@@ -329,17 +352,16 @@ impl Load {
                             }
                         }
                     }
-                    (acked, unknown)
+                    n
                 })
             })
             .collect();
         Load { stop, threads }
     }
 
-    /// (acknowledged, unknown) writes.
-    fn finish(self) -> (usize, usize) {
+    fn finish(self) -> Counts {
         self.stop.store(true, Ordering::SeqCst);
-        self.threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        self.threads.into_iter().map(|t| t.join().unwrap()).fold(Counts::default(), Counts::add)
     }
 }
 
@@ -413,7 +435,7 @@ fn acknowledged_writes_survive_power_cuts() {
     let mut main = Cluster::new("main", &mnt, tmp.path());
     let mut fresh: Vec<Cluster> = Vec::new();
     let mut findings: Vec<String> = Vec::new();
-    let (mut done, mut acked, mut unknown) = (0, 0, 0);
+    let (mut done, mut total) = (0, Counts::default());
     let started = Instant::now();
     let mut last_main_cut = None;
     for round in 0..cuts {
@@ -496,12 +518,11 @@ fn acknowledged_writes_survive_power_cuts() {
             load.finish()
         };
         done += 1;
-        acked += counts.0;
-        unknown += counts.1;
+        total = total.add(counts);
         eprintln!(
             "cut {round:2} {scenario:?}: {} acknowledged, {} unknown; {:.0} s so far",
-            counts.0,
-            counts.1,
+            counts.acked,
+            counts.unknown,
             started.elapsed().as_secs_f64()
         );
         if !findings.is_empty() {
@@ -523,8 +544,12 @@ fn acknowledged_writes_survive_power_cuts() {
     }
     drop(out);
     eprintln!(
-        "{done} cuts in {:.0} s: {acked} writes acknowledged, {unknown} unknown, {} operations in {}",
+        "{done} cuts in {:.0} s: {} writes acknowledged ({} over 1 MiB, largest {} B), {} unknown, {} operations in {}",
         elapsed.as_secs_f64(),
+        total.acked,
+        total.acked_over_1m,
+        total.largest_acked,
+        total.unknown,
         ops.len(),
         path.display()
     );
