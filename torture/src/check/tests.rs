@@ -349,7 +349,8 @@ fn simulated_histories_fail_when_a_read_sees_an_older_value() {
         let (key, start, seen) = (ops[i].key.clone(), ops[i].start, ops[i].value.clone());
         // An acknowledged write of another value to the same key, followed by an acknowledged
         // write of yet another value, both done before the read started.
-        let done: Vec<&Op> = ops.iter().filter(|o| o.key == key && o.known() && o.end.unwrap() < start && o.op == Kind::Write).collect();
+        let done: Vec<&Op> =
+            ops.iter().filter(|o| o.key == key && o.known() && o.end.unwrap() < start && o.op == Kind::Write).collect();
         let Some(old) = done.iter().rev().skip(1).find(|o| o.value != seen) else { continue };
         let newer_exists = done.iter().any(|o| o.start > old.end.unwrap() && o.value != old.value);
         if !newer_exists {
