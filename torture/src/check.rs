@@ -40,14 +40,17 @@
 //!    available mutation stays available, and available mutations of the same value are
 //!    interchangeable. The search therefore tracks only how many of each value's pool it used,
 //!    and may use one more iff more than that many have `start <= min_end`.
-//! 3. **Dropping and tightening** (before the search). An unknown mutation of `v` is dropped if
-//!    no known read of `v` ended at or after its start: a read it serves is linearized after it,
-//!    so it ends after `u.start`; without one, (1) removes `u`. An unknown write of `v` that is
-//!    the only write of `v` in the key's history (the torture load writes unique values) and is
-//!    observed becomes a known write ending at the earliest end `e` of a read of `v` ending
-//!    after its start: that read must be served by it (the initial state is null, no other
-//!    write of `v` exists), so it took effect in `[start, e]`; and a known write in that
-//!    interval is only a stricter constraint, so no violation can hide behind the change.
+//! 3. **Dropping** (before the search). An unknown mutation of `v` is dropped if no known read
+//!    of `v` ended at or after its start: a read it serves is linearized after it, so it ends
+//!    after `u.start`; without one, (1) removes `u`.
+//! 4. **Unique values.** When an unknown write is the only write of its value `v` in the key's
+//!    history (the torture load writes unique values) and the initial state is null, the
+//!    register can hold `v` only after that write was placed, which happens only just in time
+//!    for a read of `v`. So its pool is used iff a read of `v` is linearized: the count follows
+//!    from the linearized set and is left out of the cache key below. (Turning such a write into
+//!    a known one ending at the first read of `v` would also be sound, but the search would
+//!    then try it at every step of that long interval: 2^k subsets for k writes that timed out
+//!    together and were read much later.)
 //!
 //! # Memoisation, and why it segments the history
 //! A configuration is (linearized known operations `K`, register state, counts used per pool).
@@ -320,7 +323,7 @@ fn decide(recs: &[Rec], initial: u32, budget: &mut u64) -> Verdict {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Preparation: drop and tighten unknown mutations (facts 3 of the module doc).
+// Preparation: drop unobserved unknown mutations, pool the others (facts 3 and 4 of the module doc).
 
 #[derive(Clone, Copy, Debug)]
 struct Known {
@@ -333,22 +336,16 @@ struct Known {
 struct Prepared {
     /// Sorted by (start, end).
     known: Vec<Known>,
-    /// Unknown mutations still useful: per value, their start times sorted. Sorted by value.
-    pools: Vec<(u32, Vec<f64>)>,
-}
-
-impl Prepared {
-    fn pool(&self, val: u32) -> &[f64] {
-        match self.pools.binary_search_by_key(&val, |p| p.0) {
-            Ok(i) => &self.pools[i].1,
-            Err(_) => &[],
-        }
-    }
+    /// Indexed by value: the start times, sorted, of the unknown mutations still useful.
+    pools: Vec<Vec<f64>>,
+    /// Indexed by value: the pool's use follows from the linearized set (fact 4).
+    determined: Vec<bool>,
 }
 
 fn prepare(recs: &[Rec], initial: u32) -> Prepared {
+    let values = recs.iter().map(|r| r.val as usize + 1).max().unwrap_or(1);
     let mut read_ends: HashMap<u32, Vec<f64>> = HashMap::new();
-    let mut writers: HashMap<u32, usize> = HashMap::new();
+    let mut writers = vec![0usize; values];
     let mut known = Vec::new();
     for r in recs {
         match (r.mutation, r.end) {
@@ -358,32 +355,25 @@ fn prepare(recs: &[Rec], initial: u32) -> Prepared {
             }
             (false, None) => {} // a read with unknown outcome constrains nothing
             (true, Some(end)) => {
-                *writers.entry(r.val).or_default() += 1;
+                writers[r.val as usize] += 1;
                 known.push(Known { start: r.start, end, mutation: true, val: r.val });
             }
-            (true, None) => *writers.entry(r.val).or_default() += 1,
+            (true, None) => writers[r.val as usize] += 1,
         }
     }
-    let mut pools: HashMap<u32, Vec<f64>> = HashMap::new();
+    let mut pools = vec![Vec::new(); values];
     for r in recs.iter().filter(|r| r.mutation && r.end.is_none()) {
-        // The earliest end of a known read of this value that could follow this mutation.
-        let served =
-            read_ends.get(&r.val).and_then(|ends| ends.iter().copied().filter(|&e| e >= r.start).reduce(f64::min));
-        let Some(first_read_end) = served else { continue }; // never observed: drop
-        let sole_writer = r.val != NULL && initial == NULL && writers.get(&r.val) == Some(&1);
-        if sole_writer {
-            known.push(Known { start: r.start, end: first_read_end, mutation: true, val: r.val });
-        } else {
-            pools.entry(r.val).or_default().push(r.start);
+        let observed = read_ends.get(&r.val).is_some_and(|ends| ends.iter().any(|&e| e >= r.start));
+        if observed {
+            pools[r.val as usize].push(r.start);
         }
     }
     known.sort_by(|a, b| a.start.total_cmp(&b.start).then(a.end.total_cmp(&b.end)));
-    let mut pools: Vec<(u32, Vec<f64>)> = pools.into_iter().collect();
-    pools.sort_by_key(|p| p.0);
     for p in &mut pools {
-        p.1.sort_by(f64::total_cmp);
+        p.sort_by(f64::total_cmp);
     }
-    Prepared { known, pools }
+    let determined = (0..values).map(|v| v as u32 != NULL && initial == NULL && writers[v] == 1).collect();
+    Prepared { known, pools, determined }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,22 +419,34 @@ struct CacheKey {
     words: Box<[u64]>,
 }
 
-/// Pool counts used, sorted by value, zero counts absent.
+/// Pool counts used that the cache key holds (not the determined ones), sorted by value, zero
+/// counts absent.
 type Used = Vec<(u32, u32)>;
 
 fn used_of(used: &Used, val: u32) -> u32 {
     used.binary_search_by_key(&val, |u| u.0).map_or(0, |i| used[i].1)
 }
 
-fn used_add(used: &mut Used, val: u32, delta: i32) {
-    match used.binary_search_by_key(&val, |u| u.0) {
-        Ok(i) => {
-            used[i].1 = used[i].1.wrapping_add_signed(delta);
-            if used[i].1 == 0 {
-                used.remove(i);
-            }
+/// Pool counts used: all of them by value, and the part the cache key holds.
+struct Pools {
+    count: Vec<u32>,
+    keyed: Used,
+}
+
+impl Pools {
+    fn add(&mut self, p: &Prepared, val: u32, delta: i32) {
+        let v = val as usize;
+        self.count[v] = self.count[v].wrapping_add_signed(delta);
+        if p.determined[v] {
+            return;
         }
-        Err(i) => used.insert(i, (val, 1)),
+        match self.keyed.binary_search_by_key(&val, |u| u.0) {
+            Ok(i) if self.count[v] == 0 => {
+                self.keyed.remove(i);
+            }
+            Ok(i) => self.keyed[i].1 = self.count[v],
+            Err(i) => self.keyed.insert(i, (val, self.count[v])),
+        }
     }
 }
 
@@ -488,7 +490,7 @@ fn search(p: &Prepared, initial: u32, budget: &mut u64) -> Verdict {
     let mut lin = vec![0u64; n.div_ceil(64)];
     let mut f = 0usize;
     let mut state = initial;
-    let mut used: Used = Vec::new();
+    let mut used = Pools { count: vec![0; p.pools.len()], keyed: Vec::new() };
     let mut stack: Vec<Frame> = Vec::new();
     let mut cache: HashMap<CacheKey, Vec<Used>, BuildHasherDefault<Fx>> = HashMap::default();
     let mut entry = next[head];
@@ -515,8 +517,8 @@ fn search(p: &Prepared, initial: u32, budget: &mut u64) -> Verdict {
                         e = next[e];
                     }
                     let min_end = p.known[e - n].end;
-                    let available = p.pool(op.val).partition_point(|&s| s <= min_end);
-                    available > used_of(&used, op.val) as usize
+                    let available = p.pools[op.val as usize].partition_point(|&s| s <= min_end);
+                    available > used.count[op.val as usize] as usize
                 }
             } else {
                 plain
@@ -528,7 +530,7 @@ fn search(p: &Prepared, initial: u32, budget: &mut u64) -> Verdict {
             }
             lin[entry / 64] |= 1 << (entry % 64);
             if let Some(v) = pooled {
-                used_add(&mut used, v, 1);
+                used.add(p, v, 1);
             }
             let mut nf = f;
             while nf < n && lin[nf / 64] & (1 << (nf % 64)) != 0 {
@@ -537,17 +539,17 @@ fn search(p: &Prepared, initial: u32, budget: &mut u64) -> Verdict {
             let key = cache_key(&lin, nf, stack.len() + 1, op.val);
             let seen = cache.entry(key).or_default();
             *budget = budget.saturating_sub(seen.len() as u64);
-            if seen.iter().any(|s| covers(s, &used)) {
+            if seen.iter().any(|s| covers(s, &used.keyed)) {
                 // Explored already, with at least as many options: it failed.
                 lin[entry / 64] &= !(1 << (entry % 64));
                 if let Some(v) = pooled {
-                    used_add(&mut used, v, -1);
+                    used.add(p, v, -1);
                 }
                 entry = next[entry];
                 continue;
             }
-            seen.retain(|s| !covers(&used, s));
-            seen.push(used.clone());
+            seen.retain(|s| !covers(&used.keyed, s));
+            seen.push(used.keyed.clone());
             stack.push(Frame { op: entry as u32, state, f: f as u32, pooled });
             pool_pass = false;
             state = op.val;
@@ -572,7 +574,7 @@ fn search(p: &Prepared, initial: u32, budget: &mut u64) -> Verdict {
             f = frame.f as usize;
             lin[e / 64] &= !(1 << (e % 64));
             if let Some(v) = frame.pooled {
-                used_add(&mut used, v, -1);
+                used.add(p, v, -1);
             }
             pool_pass = frame.pooled.is_some();
             // Unlift in the reverse order of the lift.
