@@ -208,6 +208,7 @@ pub fn check_file(path: &Path) -> anyhow::Result<Report> {
     Ok(check(&ops))
 }
 
+/// Checks a whole history: each key on its own, keys in parallel on `opts.threads` threads.
 pub fn check_with(ops: &[Op], opts: &Options) -> Report {
     let mut by_key: HashMap<&str, Vec<&Op>> = HashMap::new();
     for op in ops {

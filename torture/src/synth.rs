@@ -83,7 +83,7 @@ impl Config {
             ops,
             read_ratio: 0.45,
             delete_ratio: 0.15,
-            unknown_ratio: 0.04,
+            unknown_ratio: 0.045,
             latency: 0.004,
             think: 0.008,
             deadline: 1.0,
