@@ -85,6 +85,8 @@ impl Cluster {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--nodes", &self.nodes.to_string(), "--replicas", "3", "--write-quorum", "2"])
+            // Plain text in chd.log, so that it can be searched.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -85,6 +85,9 @@ impl Recorder {
 pub struct LoadConfig {
     pub clients: usize,
     pub keys: usize,
+    /// Keys written once before the faults and only read afterwards: they show data lost in
+    /// a rebuild or a migration, which overwrites of the hot keys would hide.
+    pub cold_keys: usize,
     pub seed: u64,
     /// Share of writes whose value is large.
     pub large_share: f64,
@@ -93,6 +96,25 @@ pub struct LoadConfig {
 
 pub fn key_name(i: usize) -> String {
     format!("k{i}")
+}
+
+pub fn cold_key_name(i: usize) -> String {
+    format!("cold{i}")
+}
+
+/// Writes every cold key once (retrying a few times); returns how many were acknowledged.
+pub fn write_cold_keys(cfg: &LoadConfig, socket: &Path, rec: &Recorder) -> usize {
+    let mut session = Session::new(socket, "chd-torture setup", cfg.op_timeout);
+    (0..cfg.cold_keys)
+        .filter(|&i| {
+            let key = cold_key_name(i);
+            (0..3).any(|_| {
+                let value = format!("{key}-v");
+                let request = Request::Set { key: key.clone().into_bytes(), value: value.clone().into_bytes() };
+                session.run(rec, &key, request, Some(value))
+            })
+        })
+        .count()
 }
 
 /// One client's connection, reopened after any failure.
@@ -156,7 +178,8 @@ impl Session {
     }
 }
 
-/// Runs one client until `stop`: a seeded mix of about 50% set, 35% get, 15% del.
+/// Runs one client until `stop`: a seeded mix of about 45% set, 35% get, 15% del of the hot
+/// keys and 5% get of the cold keys.
 pub fn client_loop(n: usize, cfg: &LoadConfig, socket: &Path, rec: &Recorder, stop: &AtomicBool) {
     let mut rng = Rng::derive(cfg.seed, 1000 + n as u64);
     let mut session = Session::new(socket, &format!("chd-torture c{n}"), cfg.op_timeout);
@@ -164,7 +187,10 @@ pub fn client_loop(n: usize, cfg: &LoadConfig, socket: &Path, rec: &Recorder, st
     while !stop.load(Ordering::Relaxed) {
         let key = key_name(rng.below(cfg.keys as u64) as usize);
         let roll = rng.unit();
-        let ok = if roll < 0.5 {
+        let ok = if cfg.cold_keys > 0 && roll < 0.05 {
+            let key = cold_key_name(rng.below(cfg.cold_keys as u64) as usize);
+            session.run(rec, &key, Request::Get { key: key.clone().into_bytes() }, None)
+        } else if roll < 0.5 {
             i += 1;
             let tag = format!("c{n}-i{i}");
             let (value, recorded) = if rng.unit() < cfg.large_share {

@@ -43,8 +43,12 @@ struct RunArgs {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Hot keys, written, read and deleted all the time.
     #[arg(long, default_value_t = 40)]
     keys: usize,
+    /// Cold keys, written once before the faults and only read afterwards.
+    #[arg(long, default_value_t = 200)]
+    cold_keys: usize,
     /// Nodes chd starts with.
     #[arg(long, default_value_t = 4)]
     nodes: u32,
@@ -174,6 +178,7 @@ fn torture(a: RunArgs) -> anyhow::Result<ExitCode> {
         out,
         clients: a.clients,
         keys: a.keys,
+        cold_keys: a.cold_keys,
         nodes: a.nodes,
         faults,
         chd: a.chd.unwrap_or_else(|| run::sibling("chd")),

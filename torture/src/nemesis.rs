@@ -259,8 +259,13 @@ impl<'a> Nemesis<'a> {
             r.all_up_before = true;
         }
         let result = self.act(kind, p, &mut r);
-        if let Err(e) = result {
-            r.detail = format!("{} failed: {e:#}", r.detail).trim().to_string();
+        match result {
+            Err(e) if e.is::<NoTarget>() => {
+                r.skipped = true;
+                r.detail = "skipped: no worker running to aim at".into();
+            }
+            Err(e) => r.detail = format!("{} failed: {e:#}", r.detail).trim().to_string(),
+            Ok(()) => {}
         }
         r.end = self.clock.now();
         r
@@ -283,20 +288,23 @@ impl<'a> Nemesis<'a> {
     fn act(&mut self, kind: FaultKind, p: &Planned, r: &mut FaultRecord) -> anyhow::Result<()> {
         match kind {
             FaultKind::KillOne => {
-                let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no worker to kill"))?;
+                let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
                 r.detail = format!("pid {}", n.pid.unwrap_or(0));
             }
             FaultKind::KillAll => {
                 let pids: Vec<u32> = self.cluster.nodes().unwrap_or_default().iter().filter_map(|n| n.pid).collect();
+                if pids.is_empty() {
+                    return Err(NoTarget.into());
+                }
                 for &pid in &pids {
                     signal(pid, libc::SIGKILL);
                 }
                 r.detail = format!("pids {pids:?}");
             }
             FaultKind::StopOne => {
-                let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no worker to stop"))?;
+                let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 let pid = n.pid.unwrap_or(0);
                 signal(pid, libc::SIGSTOP);
@@ -320,16 +328,17 @@ impl<'a> Nemesis<'a> {
                 self.restart_chd()?;
             }
             FaultKind::DeleteDir => {
-                let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no worker"))?;
+                let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 let dir = self.cluster.node_dir(n.id);
                 r.detail = format!("{} then kill -9 pid {}", dir.display(), n.pid.unwrap_or(0));
-                let removed = std::fs::remove_dir_all(&dir);
+                // The live worker may create files while the tree is removed: try again.
+                let removed = remove_tree(&dir);
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
                 removed?;
             }
             FaultKind::DeleteDirStopped => {
-                let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no node"))?;
+                let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 self.cluster.kill9();
                 let dir = self.cluster.node_dir(n.id);
@@ -339,7 +348,7 @@ impl<'a> Nemesis<'a> {
                 removed?;
             }
             FaultKind::Corrupt => {
-                let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no node"))?;
+                let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 let db = self.cluster.node_dir(n.id).join("db");
                 let mut garbage = [0u8; 4096];
@@ -373,7 +382,7 @@ impl<'a> Nemesis<'a> {
                 match kind {
                     FaultKind::NodeAdd => args.push("add".into()),
                     _ => {
-                        let n = self.target(p.pick).ok_or_else(|| anyhow::anyhow!("no node"))?;
+                        let n = self.target(p.pick).ok_or(NoTarget)?;
                         r.node = Some(n.id);
                         args.push(if kind == FaultKind::NodeRemove { "remove" } else { "replace" }.into());
                         args.push(n.id.to_string());
@@ -390,6 +399,24 @@ impl<'a> Nemesis<'a> {
         }
         Ok(())
     }
+}
+
+/// No node has a worker to aim the fault at (all down or chd not answering).
+#[derive(Debug, thiserror::Error)]
+#[error("no worker running to aim at")]
+struct NoTarget;
+
+/// rm -rf, retried while a live process adds files to the tree.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let mut result = Ok(());
+    for _ in 0..20 {
+        result = std::fs::remove_dir_all(dir);
+        match &result {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => continue,
+            _ => break,
+        }
+    }
+    result
 }
 
 /// Waits (briefly) until a killed process is gone or a zombie, so its files are closed.

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::check;
 use crate::cluster::{is_root, lossy, Cluster};
 use crate::history::{self, Kind, Op};
-use crate::load::{key_name, Clock, Load, LoadConfig, Recorder, Session};
+use crate::load::{self, cold_key_name, key_name, Clock, Load, LoadConfig, Recorder, Session};
 use crate::nemesis::{FaultKind, FaultRecord, Nemesis, Schedule};
 use crate::summary::{self, LostWrite, OneDown, Outcomes};
 
@@ -29,6 +29,7 @@ pub struct RunConfig {
     pub out: PathBuf,
     pub clients: usize,
     pub keys: usize,
+    pub cold_keys: usize,
     pub nodes: u32,
     pub faults: Vec<FaultKind>,
     pub chd: PathBuf,
@@ -61,6 +62,7 @@ pub struct Summary {
     pub seconds: u64,
     pub clients: usize,
     pub keys: usize,
+    pub cold_keys: usize,
     pub faults_enabled: Vec<FaultKind>,
     pub ops_total: u64,
     pub ops: BTreeMap<&'static str, Outcomes>,
@@ -118,10 +120,13 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
     let load_cfg = LoadConfig {
         clients: cfg.clients,
         keys: cfg.keys,
+        cold_keys: cfg.cold_keys,
         seed: cfg.seed,
         large_share: cfg.large_share,
         op_timeout: cfg.op_timeout,
     };
+    let cold = load::write_cold_keys(&load_cfg, &cluster.socket, &rec);
+    anyhow::ensure!(cold == cfg.cold_keys, "only {cold} of {} cold keys could be written", cfg.cold_keys);
     let load = Load::start(&load_cfg, &cluster.socket, &rec);
     let until = clock.now() + cfg.seconds as f64;
     let mut schedule = Schedule::new(cfg.seed, &cfg.faults);
@@ -145,20 +150,21 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         let _ = cluster.start();
     }
     let mut stuck = stuck_nodes(&cluster);
-    let repair = match cluster.chctl(&["repair"], Duration::from_secs(300)) {
+    let repair = match cluster.chctl(&["repair"], Duration::from_secs(120)) {
         Ok(o) if o.status.success() => lossy(&o.stdout),
         Ok(o) => format!("failed: {}", lossy(&o.stderr)),
         Err(e) => format!("failed: {e:#}"),
     };
+    let all_keys: Vec<String> = (0..cfg.keys).map(key_name).chain((0..cfg.cold_keys).map(cold_key_name)).collect();
     let final_from = clock.now();
-    let mut final_failed = read_every_key(&cluster, &rec, cfg.keys, cfg.op_timeout);
+    let mut final_failed = read_every_key(&cluster, &rec, &all_keys, cfg.op_timeout);
     cluster.kill9();
     match cluster.start() {
         Ok(()) => {
             if stuck.is_empty() {
                 stuck = stuck_nodes(&cluster).into_iter().map(|s| format!("after the final restart: {s}")).collect();
             }
-            final_failed += read_every_key(&cluster, &rec, cfg.keys, cfg.op_timeout);
+            final_failed += read_every_key(&cluster, &rec, &all_keys, cfg.op_timeout);
         }
         Err(e) => reasons.push(format!("chd did not restart for the final reads: {e:#}")),
     }
@@ -210,6 +216,7 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         seconds: cfg.seconds,
         clients: cfg.clients,
         keys: cfg.keys,
+        cold_keys: cfg.cold_keys,
         faults_enabled: cfg.faults.clone(),
         ops_total: ops.len() as u64,
         ops: summary::ops_by_kind(&ops),
@@ -257,19 +264,20 @@ fn stuck_nodes(cluster: &Cluster) -> Vec<String> {
     }
 }
 
-/// Reads every key once, retrying a failed read a few times (every attempt is recorded);
-/// returns the keys that could not be read at all.
-fn read_every_key(cluster: &Cluster, rec: &Recorder, keys: usize, timeout: Duration) -> u64 {
+/// Reads every key once, retrying failed reads for at most 30 s in all (every attempt is
+/// recorded); returns the keys that could not be read at all.
+fn read_every_key(cluster: &Cluster, rec: &Recorder, keys: &[String], timeout: Duration) -> u64 {
     let mut session = Session::new(&cluster.socket, "chd-torture verdict", timeout);
     let mut failed = 0;
-    for i in 0..keys {
-        let key = key_name(i);
-        let ok = (0..5).any(|attempt| {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            session.run(rec, &key, Request::Get { key: key.clone().into_bytes() }, None)
-        });
+    let mut retry_budget = 30u32;
+    for key in keys {
+        let read = |session: &mut Session| session.run(rec, key, Request::Get { key: key.clone().into_bytes() }, None);
+        let mut ok = read(&mut session);
+        while !ok && retry_budget > 0 {
+            retry_budget -= 1;
+            std::thread::sleep(Duration::from_secs(1));
+            ok = read(&mut session);
+        }
         failed += u64::from(!ok);
     }
     failed
@@ -331,7 +339,10 @@ fn locate(ops: &[Op], faults: &[FaultRecord], key: &str, message: &str, search: 
 /// The readable table.
 pub fn print(s: &Summary) {
     println!();
-    println!("chd-torture: seed {}, {} s, {} clients, {} keys", s.seed, s.seconds, s.clients, s.keys);
+    println!(
+        "chd-torture: seed {}, {} s, {} clients, {} keys (+{} cold)",
+        s.seed, s.seconds, s.clients, s.keys, s.cold_keys
+    );
     println!("{:<10} {:>10} {:>10}", "OP", "OK", "FAILED");
     for (k, o) in &s.ops {
         println!("{k:<10} {:>10} {:>10}", o.ok, o.failed);
