@@ -17,6 +17,8 @@ pub struct Violation {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub violations: Vec<Violation>,
+    /// Keys whose search ran out of budget: neither proven nor refuted.
+    pub inconclusive: Vec<String>,
 }
 
 impl Report {

@@ -73,6 +73,9 @@ pub struct Summary {
     pub lost: Vec<LostReport>,
     pub violations: u64,
     pub violation_details: Vec<ViolationReport>,
+    /// Keys the checker could not decide within its budget (not a failure, but not a pass
+    /// for those keys either).
+    pub inconclusive: Vec<String>,
     pub panics: u64,
     pub panic_lines: Vec<String>,
     /// Nodes not up within 60 s at the verdict, with their states.
@@ -198,7 +201,8 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         reasons.push(format!("{} panics in chd's log", panic_lines.len()));
     }
     if !stuck.is_empty() {
-        reasons.push(format!("nodes not up within 60 s: {}", stuck.join(", ")));
+        let last: Vec<String> = summary::faults_between(&records, load_end - 15.0, load_end, 0.0);
+        reasons.push(format!("nodes not up within 60 s: {}; the last faults: {}", stuck.join(", "), last.join(", ")));
     }
     if one_node_down.failed > 0 {
         reasons.push(format!("{} operations failed while exactly one node was down", one_node_down.failed));
@@ -227,6 +231,7 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         lost,
         violations: report.violations.len() as u64,
         violation_details,
+        inconclusive: report.inconclusive.clone(),
         panics: panic_lines.len() as u64,
         panic_lines,
         stuck,
@@ -405,6 +410,9 @@ pub fn print(s: &Summary) {
             println!("    first bad op: {op}");
             println!("    faults around it: {}", v.preceding_faults.join(", "));
         }
+    }
+    if !s.inconclusive.is_empty() {
+        println!("keys the checker could not decide: {}", s.inconclusive.join(", "));
     }
     println!("panics in chd.log: {}", s.panics);
     for l in s.panic_lines.iter().take(5) {
