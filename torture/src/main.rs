@@ -68,6 +68,9 @@ struct RunArgs {
     /// Size of the tmpfs the data dir lives on when disk-full faults run (as root).
     #[arg(long, default_value_t = 512)]
     tmpfs_mib: u64,
+    /// Keep chd's data dir after a passing run (a failed run always keeps it).
+    #[arg(long)]
+    keep_data: bool,
     /// chd's executable [default: next to this one].
     #[arg(long, value_name = "PATH")]
     chd: Option<PathBuf>,
@@ -186,6 +189,7 @@ fn torture(a: RunArgs) -> anyhow::Result<ExitCode> {
         op_timeout: Duration::from_secs_f64(a.op_timeout),
         large_share: a.large_share,
         tmpfs_mib: a.tmpfs_mib,
+        keep_data: a.keep_data,
     };
     let summary = run::run(cfg).map_err(|e| anyhow::anyhow!("{e:#} (seed {seed})"))?;
     run::print(&summary);

@@ -37,6 +37,8 @@ pub struct RunConfig {
     pub op_timeout: Duration,
     pub large_share: f64,
     pub tmpfs_mib: u64,
+    /// Keep chd's data dir after a passing run (it is always kept after a failing one).
+    pub keep_data: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -173,6 +175,7 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
     }
     cluster.shutdown();
     rec.flush();
+    let data_dir = cluster.data.clone();
     drop(cluster);
 
     let ops = history::read(std::io::BufReader::new(std::fs::File::open(cfg.out.join("history.jsonl"))?))?;
@@ -244,6 +247,11 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         out: cfg.out.clone(),
     };
     std::fs::write(cfg.out.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    // sled keeps the blob files of overwritten large values, so the data dir of a long run
+    // holds gigabytes; only a failed run needs it.
+    if summary.verdict == "pass" && !cfg.keep_data {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     Ok(summary)
 }
 
