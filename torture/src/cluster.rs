@@ -149,8 +149,15 @@ impl Cluster {
     }
 
     pub fn all_up(&self) -> bool {
+        self.all_up_without(&[])
+    }
+
+    /// Every node up, none of them still served by one of `killed` (chd notices a killed
+    /// worker a moment later; until then its status still says `up`).
+    pub fn all_up_without(&self, killed: &[u32]) -> bool {
         self.status().is_some_and(|s| {
-            s.nodes.iter().all(|n| n.state == NodeState::Up) && s.migration.as_ref().is_none_or(|m| m.finished)
+            s.nodes.iter().all(|n| n.state == NodeState::Up && n.pid.is_none_or(|p| !killed.contains(&p)))
+                && s.migration.as_ref().is_none_or(|m| m.finished)
         })
     }
 

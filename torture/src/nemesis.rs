@@ -164,6 +164,9 @@ pub struct FaultRecord {
     pub all_up_before: bool,
     /// When status first showed every node up again after the fault, if before the next one.
     pub all_up_at: Option<f64>,
+    /// Workers the fault killed (or that chd killed while the fault held them stopped).
+    #[serde(default)]
+    pub killed: Vec<u32>,
 }
 
 pub const MIN_NODES: usize = 3;
@@ -192,7 +195,7 @@ impl<'a> Nemesis<'a> {
             // During the gap, watch for the moment the last fault has healed.
             while self.clock.now() < next_at.min(until) {
                 if let Some(p) = pending.as_mut().filter(|p| p.all_up_at.is_none()) {
-                    if self.cluster.all_up() {
+                    if self.cluster.all_up_without(&p.killed) {
                         p.all_up_at = Some(self.clock.now());
                     }
                 }
@@ -215,7 +218,7 @@ impl<'a> Nemesis<'a> {
             pending = Some(record);
         }
         if let Some(mut p) = pending.take() {
-            if self.cluster.all_up() {
+            if self.cluster.all_up_without(&p.killed) {
                 p.all_up_at = Some(self.clock.now());
             }
             self.log(p);
@@ -246,6 +249,7 @@ impl<'a> Nemesis<'a> {
             skipped: false,
             all_up_before,
             all_up_at: None,
+            killed: Vec::new(),
         };
         if (kind.destructive() || kind.membership()) && !all_up_before {
             // Never destroy a second replica, never change membership on a degraded cluster.
@@ -291,6 +295,7 @@ impl<'a> Nemesis<'a> {
                 let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
+                r.killed = n.pid.into_iter().collect();
                 r.detail = format!("pid {}", n.pid.unwrap_or(0));
             }
             FaultKind::KillAll => {
@@ -302,6 +307,7 @@ impl<'a> Nemesis<'a> {
                     signal(pid, libc::SIGKILL);
                 }
                 r.detail = format!("pids {pids:?}");
+                r.killed = pids;
             }
             FaultKind::StopOne => {
                 let n = self.target(p.pick).ok_or(NoTarget)?;
@@ -309,7 +315,10 @@ impl<'a> Nemesis<'a> {
                 let pid = n.pid.unwrap_or(0);
                 signal(pid, libc::SIGSTOP);
                 std::thread::sleep(p.hold);
-                let alive = signal(pid, libc::SIGCONT);
+                let alive = signal(pid, libc::SIGCONT) && !is_zombie(pid);
+                if !alive {
+                    r.killed.push(pid);
+                }
                 r.detail = format!(
                     "pid {pid} for {:.1} s{}",
                     p.hold.as_secs_f64(),
@@ -335,6 +344,7 @@ impl<'a> Nemesis<'a> {
                 // The live worker may create files while the tree is removed: try again.
                 let removed = remove_tree(&dir);
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
+                r.killed = n.pid.into_iter().collect();
                 removed?;
             }
             FaultKind::DeleteDirStopped => {
@@ -358,6 +368,7 @@ impl<'a> Nemesis<'a> {
                     let chd = self.cluster.pid().unwrap_or(0);
                     signal(chd, libc::SIGSTOP);
                     signal(n.pid.unwrap_or(0), libc::SIGKILL);
+                    r.killed = n.pid.into_iter().collect();
                     wait_gone(n.pid.unwrap_or(0));
                     let res = overwrite_middle(&db, &garbage);
                     signal(chd, libc::SIGCONT);
@@ -417,6 +428,11 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     result
+}
+
+/// A process that ended but was not reaped yet.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
 /// Waits (briefly) until a killed process is gone or a zombie, so its files are closed.

@@ -476,6 +476,7 @@ mod tests {
             skipped: false,
             all_up_before: true,
             all_up_at: None,
+            killed: Vec::new(),
         };
         let r = locate(&ops, &[kill], "k", "stale read", true);
         let bad: Op = serde_json::from_str(r.first_bad_op.as_deref().expect("located")).unwrap();

@@ -206,6 +206,7 @@ mod tests {
             skipped: false,
             all_up_before: true,
             all_up_at,
+            killed: Vec::new(),
         }
     }
 
