@@ -3,7 +3,7 @@
 //! The supervisor writes a node's slot; the request path only reads it to pick the replicas to
 //! talk to. Locks here are held for a few field copies, never across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use chd_data::{NodeId, Ring};
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::datadir::DataDir;
+use crate::datadir::{ClusterFile, DataDir};
 use crate::layout::{Layout, Placement};
 use crate::supervisor::Event;
 use crate::worker::link::WorkerLink;
@@ -29,6 +29,12 @@ pub struct NodeSlot {
     pub generation: u64,
     /// Highest version the worker reported at start.
     pub max_version: u64,
+    /// The node's database holds every write it ever acknowledged (its identity is present and
+    /// no rebuild is pending), so it is a valid source of records for the partitions it owns,
+    /// whatever its state. False while it is rebuilt after losing its data.
+    pub intact: bool,
+    /// Why the node is in its state, when that is not obvious (failed, waiting for disk space).
+    pub note: Option<String>,
 }
 
 /// One replica of a key, as the request path sees it.
@@ -37,6 +43,7 @@ pub struct Replica {
     pub id: NodeId,
     pub state: NodeState,
     pub link: Option<WorkerLink>,
+    pub intact: bool,
 }
 
 impl Replica {
@@ -49,6 +56,22 @@ impl Replica {
     pub fn takes_writes(&self) -> bool {
         matches!(self.state, NodeState::Up | NodeState::CatchingUp | NodeState::Rebuilding) && self.link.is_some()
     }
+    /// Running with intact data: records may be copied from it, also while it catches up.
+    /// Records carry versions and newest wins, so merging any R-W+1 intact owners of a
+    /// partition yields every acknowledged write of it; a node catching up never has to wait
+    /// for a peer that is `up` (after a correlated crash there may be none).
+    pub fn is_source(&self) -> bool {
+        self.intact && matches!(self.state, NodeState::Up | NodeState::CatchingUp) && self.link.is_some()
+    }
+}
+
+/// What `cluster.json` holds besides the layout; guarded by [`Cluster::membership`], which
+/// also serializes membership changes and every write of the file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Registry {
+    pub next_node_id: NodeId,
+    pub unborn: BTreeSet<NodeId>,
+    pub write_quorum: u32,
 }
 
 pub struct Cluster {
@@ -56,7 +79,7 @@ pub struct Cluster {
     pub data: DataDir,
     pub layout: RwLock<Layout>,
     /// Serializes membership changes and writes of `cluster.json`.
-    pub membership: tokio::sync::Mutex<NodeId>,
+    pub membership: tokio::sync::Mutex<Registry>,
     pub nodes: RwLock<BTreeMap<NodeId, NodeSlot>>,
     pub started: Instant,
     /// Progress of the current (or last) membership change.
@@ -64,12 +87,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(settings: Settings, data: DataDir, layout: Layout, next_node_id: NodeId) -> Arc<Cluster> {
+    pub fn new(settings: Settings, data: DataDir, layout: Layout, registry: Registry) -> Arc<Cluster> {
         Arc::new(Cluster {
             settings,
             data,
             layout: RwLock::new(layout),
-            membership: tokio::sync::Mutex::new(next_node_id),
+            membership: tokio::sync::Mutex::new(registry),
             nodes: RwLock::default(),
             started: Instant::now(),
             migration: RwLock::default(),
@@ -99,8 +122,8 @@ impl Cluster {
         let nodes = self.nodes.read().expect("nodes lock");
         ids.iter()
             .map(|&id| match nodes.get(&id) {
-                Some(s) => Replica { id, state: s.state, link: s.link.clone() },
-                None => Replica { id, state: NodeState::Down, link: None },
+                Some(s) => Replica { id, state: s.state, link: s.link.clone(), intact: s.intact },
+                None => Replica { id, state: NodeState::Down, link: None, intact: false },
             })
             .collect()
     }
@@ -118,6 +141,70 @@ impl Cluster {
 
     pub fn state_of(&self, id: NodeId) -> Option<NodeState> {
         self.nodes.read().expect("nodes lock").get(&id).map(|s| s.state)
+    }
+
+    /// Writes `cluster.json`: `layout` and `registry` as they are to be from now on. The caller
+    /// holds [`Cluster::membership`] (it passes what it guards).
+    pub fn save(&self, layout: &Layout, registry: &Registry) -> anyhow::Result<()> {
+        self.data.save_cluster(&ClusterFile {
+            format: 1,
+            ring: layout.ring.clone(),
+            transition: layout.transition.clone(),
+            next_node_id: registry.next_node_id,
+            unborn: registry.unborn.clone(),
+            write_quorum: Some(registry.write_quorum),
+        })
+    }
+
+    /// Records durably that node `id` has its identity: from now on an empty database of it
+    /// means lost data.
+    pub async fn mark_born(&self, id: NodeId) -> anyhow::Result<()> {
+        let mut reg = self.membership.lock().await;
+        if reg.unborn.remove(&id) {
+            let layout = self.layout();
+            if let Err(e) = self.save(&layout, &reg) {
+                reg.unborn.insert(id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `id` was created and never given its identity.
+    pub async fn is_unborn(&self, id: NodeId) -> bool {
+        self.membership.lock().await.unborn.contains(&id)
+    }
+
+    /// Claims the right to set node `id`'s database aside, and marks it as no longer intact.
+    /// chd never sets aside more than R-W replicas of a partition, nor more than W-1 (so that
+    /// an intact replica of every acknowledged write remains): with R=3, W=2, one at a time.
+    /// Past that the data stays where it is for the operator. Checked and marked under one
+    /// lock, so two nodes found damaged at once cannot both pass.
+    pub fn claim_set_aside(&self, id: NodeId) -> Result<(), String> {
+        let layout = self.layout();
+        let r = layout.ring.replicas() as usize;
+        let w = self.write_quorum();
+        let limit = r.saturating_sub(w).min(w.saturating_sub(1));
+        let mut nodes = self.nodes.write().expect("nodes lock");
+        let lost = |n: &NodeId| *n != id && nodes.get(n).is_some_and(|s| !s.intact);
+        for p in layout.partitions_of(id) {
+            let owners = layout.placement(p).write_targets();
+            let already: Vec<String> = owners.iter().filter(|n| lost(n)).map(|n| n.to_string()).collect();
+            if already.len() + 1 > limit {
+                return Err(if already.is_empty() {
+                    format!("with R={r} and W={w} chd sets aside no replica on its own")
+                } else {
+                    format!(
+                        "partition {p} already has node {} being rebuilt; setting node {id} aside too could lose acknowledged writes",
+                        already.join(", ")
+                    )
+                });
+            }
+        }
+        if let Some(slot) = nodes.get_mut(&id) {
+            slot.intact = false;
+        }
+        Ok(())
     }
 
     pub fn send(&self, id: NodeId, event: Event) -> bool {

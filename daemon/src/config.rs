@@ -71,6 +71,8 @@ pub struct Settings {
     /// Whether `replicas` was set explicitly (it must then match an existing data dir).
     pub replicas_explicit: bool,
     pub write_quorum: u32,
+    /// Whether `write_quorum` was set explicitly (else an existing data dir's own W applies).
+    pub write_quorum_explicit: bool,
     pub socket_mode: u32,
     pub allowed_group: Option<(String, u32)>,
     pub log_level: String,
@@ -88,6 +90,7 @@ impl Settings {
         let nodes = args.nodes.or(file.nodes).unwrap_or(4);
         let replicas_explicit = args.replicas.is_some() || file.replicas.is_some();
         let replicas = args.replicas.or(file.replicas).unwrap_or(3);
+        let write_quorum_explicit = args.write_quorum.is_some() || file.write_quorum.is_some();
         let write_quorum = args.write_quorum.or(file.write_quorum).unwrap_or(2);
         let mode = args.socket_mode.clone().or(file.socket_mode).unwrap_or_else(|| "0600".into());
         let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
@@ -132,6 +135,7 @@ impl Settings {
             replicas,
             replicas_explicit,
             write_quorum,
+            write_quorum_explicit,
             socket_mode,
             allowed_group,
             log_level,

@@ -12,6 +12,7 @@
 //! Every file is replaced atomically (write to a temporary, fsync, rename, fsync the directory),
 //! so a crash leaves either the old or the new content.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -39,6 +40,16 @@ pub struct ClusterFile {
     pub transition: Option<Transition>,
     /// Ids are never reused, so a node's folder never holds another node's data.
     pub next_node_id: NodeId,
+    /// Nodes created whose identity is not written yet. Such a node never took a write, so an
+    /// empty database is expected of it, not a sign of lost data (a chd killed during the first
+    /// start of a data dir leaves every node here). Absent in older files: every node is born.
+    #[serde(default)]
+    pub unborn: BTreeSet<NodeId>,
+    /// W, fixed with the data dir: reads ask R-W+1 replicas, which only sees every write
+    /// acknowledged by W replicas if W never grows. Absent in older files: taken from the
+    /// settings at the next start.
+    #[serde(default)]
+    pub write_quorum: Option<u32>,
 }
 
 impl ClusterFile {
@@ -165,8 +176,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = DataDir::open(dir.path()).unwrap();
         assert_eq!(d.load_cluster().unwrap(), None);
-        let c =
-            ClusterFile { format: 1, ring: Ring::new(&[0, 1, 2], 3, 64).unwrap(), transition: None, next_node_id: 3 };
+        let c = ClusterFile {
+            format: 1,
+            ring: Ring::new(&[0, 1, 2], 3, 64).unwrap(),
+            transition: None,
+            next_node_id: 3,
+            unborn: [1].into(),
+            write_quorum: Some(2),
+        };
         d.save_cluster(&c).unwrap();
         assert_eq!(d.load_cluster().unwrap(), Some(c));
         fs::create_dir_all(d.node_dir(1)).unwrap();

@@ -32,4 +32,7 @@ pub enum Error {
     Refused(String),
     #[error("internal error in chd: {0}")]
     Internal(String),
+    /// A node's disk has too little free space for the write; nothing was written there.
+    #[error("disk full: {0}; writes are refused until space is freed, reads still work")]
+    DiskFull(String),
 }

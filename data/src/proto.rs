@@ -9,6 +9,9 @@
 //! an oversized frame costs chd four bytes of buffer, not 4 GiB. Keys and values are checked
 //! against [`MAX_KEY`] and [`MAX_VALUE`] after decoding.
 //!
+//! Keys and values are serialized as byte strings (`serde_bytes`): one length and one copy,
+//! not one serializer call per byte, which matters for 32 MiB values.
+//!
 //! postcard encodes enum variants by position: new requests are only ever appended, and
 //! [`PROTOCOL_VERSION`] is raised whenever an existing message changes shape.
 
@@ -48,13 +51,17 @@ pub enum Request {
         client: String,
     },
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Set {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Del {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Status,
@@ -126,7 +133,7 @@ pub enum Response {
         server: String,
     },
     /// The value of a key, or `None` when it does not exist (never written, or deleted).
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// A write is durable on at least W replicas.
     Done,
     Status(StatusReport),
@@ -220,6 +227,8 @@ pub struct NodeStatus {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub progress: Option<NodeProgress>,
+    /// Why the node is in its state, when that needs saying (failed, waiting for disk space).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

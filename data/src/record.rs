@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct Record {
     pub version: u64,
     /// `None` is a tombstone: the key was deleted at `version`.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -20,8 +20,6 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::cluster::Cluster;
-use crate::datadir::ClusterFile;
-use crate::layout::Layout;
 use crate::repair;
 use crate::supervisor::{self, spawn::Spawner, Event};
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
@@ -33,28 +31,36 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts a change; the migration runs in the background. Returns what it is and the new ids.
 pub async fn start(cluster: &Arc<Cluster>, spawner: &Spawner, change: Change) -> Result<(String, Vec<NodeId>), Error> {
-    let mut next_id = cluster.membership.lock().await;
+    let mut reg = cluster.membership.lock().await;
     let layout = cluster.layout();
     if let Some(t) = &layout.transition {
         return Err(Error::Refused(format!("another change is in progress ({}); wait for it to finish", t.what)));
     }
-    let (what, target, added, leaving) = plan_change(&layout.ring, &change, *next_id)?;
+    let (what, target, added, leaving) = plan_change(&layout.ring, &change, reg.next_node_id)?;
     if !added.is_empty() {
         // Reserve the ids on disk first: an id is never used twice, even after a crash here.
-        *next_id += added.len() as NodeId;
-        persist(cluster, &layout, *next_id).map_err(internal)?;
+        // The new nodes are unborn until they have their identity.
+        reg.next_node_id += added.len() as NodeId;
+        reg.unborn.extend(added.iter().copied());
+        cluster.save(&layout, &reg).map_err(internal)?;
+        // Their supervisors record each identity in cluster.json, which needs the lock.
+        drop(reg);
         for &id in &added {
-            supervisor::start_node(cluster, spawner, id, true);
+            supervisor::start_node(cluster, spawner, id);
         }
         let joined =
             wait_until(JOIN_TIMEOUT, || added.iter().all(|&id| cluster.state_of(id) == Some(NodeState::Up))).await;
         if !joined {
             return Err(Error::Refused(format!("new nodes {added:?} did not come up; see chd's log")));
         }
+        reg = cluster.membership.lock().await;
     }
-    let mut next = layout.clone();
+    let mut next = cluster.layout();
+    if let Some(t) = &next.transition {
+        return Err(Error::Refused(format!("another change is in progress ({}); wait for it to finish", t.what)));
+    }
     next.begin(what.clone(), target, leaving).map_err(Error::Refused)?;
-    persist(cluster, &next, *next_id).map_err(internal)?;
+    cluster.save(&next, &reg).map_err(internal)?;
     *cluster.layout.write().expect("layout lock") = next;
     info!(change = %what, "membership change started");
     spawn_migration(cluster.clone());
@@ -63,7 +69,7 @@ pub async fn start(cluster: &Arc<Cluster>, spawner: &Spawner, change: Change) ->
 
 /// The dry run: what `change` would move, node by node.
 pub async fn dry_run(cluster: &Arc<Cluster>, change: Change) -> Result<PlanReport, Error> {
-    let next_id = *cluster.membership.lock().await;
+    let next_id = cluster.membership.lock().await.next_node_id;
     let ring = cluster.ring();
     let (what, target, _, _) = plan_change(&ring, &change, next_id)?;
     let moves = ring.moves_to(&target);
@@ -173,7 +179,7 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
             let placement = layout.placement(p);
             let (old, new) = (&placement.write_sets[0], &placement.write_sets[1]);
             let mut sources: Vec<NodeId> =
-                cluster.replicas(old).into_iter().filter(|x| x.serves_reads()).map(|x| x.id).collect();
+                cluster.replicas(old).into_iter().filter(|x| x.is_source()).map(|x| x.id).collect();
             // Every acknowledged write is on W old owners: reading old.len()-W+1 of them sees it.
             let need = old.len() + 1 - w;
             if sources.len() < need {
@@ -198,14 +204,14 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
             repair::sync_partitions(&members, &parts, &mut report).await?;
         }
         // Switch the chunk: on disk first, then in memory, so a crash never switches back.
-        let _ids = cluster.membership.lock().await;
+        let reg = cluster.membership.lock().await;
         let mut next = cluster.layout();
         for &p in chunk {
             next.mark_done(p);
         }
-        persist(cluster, &next, *_ids)?;
+        cluster.save(&next, &reg)?;
         *cluster.layout.write().expect("layout lock") = next;
-        drop(_ids);
+        drop(reg);
         progress.partitions_done += chunk.len() as u32;
         progress.keys = report.keys_repaired;
         progress.bytes = report.bytes_repaired;
@@ -213,13 +219,13 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
         *cluster.migration.write().expect("migration lock") = Some(progress.clone());
     }
 
-    let ids = cluster.membership.lock().await;
+    let reg = cluster.membership.lock().await;
     let mut next = cluster.layout();
     let before = next.ring.clone();
     let Some(done) = next.finish() else { bail!("partitions still pending") };
-    persist(cluster, &next, *ids)?;
+    cluster.save(&next, &reg)?;
     *cluster.layout.write().expect("layout lock") = next.clone();
-    drop(ids);
+    drop(reg);
     for id in &done.leaving {
         retire(cluster, *id, &before, &next.ring).await;
     }
@@ -304,15 +310,6 @@ pub async fn drop_unowned(cluster: &Arc<Cluster>) {
 /// A readable owner to read a partition from.
 fn sender(cluster: &Cluster, owners: &[NodeId]) -> Option<NodeId> {
     cluster.replicas(owners).into_iter().find(|x| x.serves_reads()).map(|x| x.id)
-}
-
-fn persist(cluster: &Cluster, layout: &Layout, next_node_id: NodeId) -> anyhow::Result<()> {
-    cluster.data.save_cluster(&ClusterFile {
-        format: 1,
-        ring: layout.ring.clone(),
-        transition: layout.transition.clone(),
-        next_node_id,
-    })
 }
 
 fn internal(e: anyhow::Error) -> Error {

@@ -13,9 +13,10 @@
 //! sync is simply run again: partitions already in agreement have equal digests and are
 //! skipped, so a restart resumes where the last one stopped.
 //!
-//! How many peers a sync needs: an acknowledged write is on W of the R owners. A node that
-//! kept its data but missed writes finds every one of them on any R-W of its peers; a node
-//! that lost its data must ask R-W+1 peers to be sure to see every acknowledged write.
+//! How many sources a sync needs: an acknowledged write is on W of the R owners, so any R-W+1
+//! owners that kept their data (intact, whatever their state) include one that has it. A node
+//! that kept its data but missed writes is one of them itself and asks R-W peers; a node that
+//! lost its data asks R-W+1. Sources may themselves be catching up: newest version wins.
 
 pub mod plan;
 
@@ -47,15 +48,16 @@ pub enum SyncMode {
 }
 
 /// Brings node `id` up to date on every partition it owns.
+///
+/// The sources of a partition are the intact nodes that hold it now ([`crate::cluster::Replica::is_source`]
+/// among its read owners; a node gaining a partition that has not received it yet is not one).
+/// Merging R-W+1 intact holders yields every acknowledged write: a node catching up counts as
+/// one of them itself, a node being rebuilt does not.
 pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> anyhow::Result<RepairReport> {
     let layout = cluster.layout();
     let r = layout.ring.replicas() as usize;
     let w = cluster.write_quorum();
-    let peers_needed = match mode {
-        SyncMode::CatchUp => (r - w).max(1),
-        SyncMode::Rebuild => r - w + 1,
-    }
-    .min(r - 1);
+    let holders_needed = r + 1 - w;
     let parts = layout.partitions_of(id);
     let what = match mode {
         SyncMode::CatchUp => "catching up",
@@ -77,17 +79,16 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
         let Some(my_link) = me.link.clone().filter(|_| me.takes_writes()) else {
             bail!("node {id} went away during the sync");
         };
-        // Group the chunk's partitions by their set of readable peers.
+        // Group the chunk's partitions by their set of sources.
         let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
         for &p in chunk {
-            let peers: Vec<NodeId> = cluster
-                .replicas(&layout.placement(p).write_targets())
-                .into_iter()
-                .filter(|x| x.id != id && x.serves_reads())
-                .map(|x| x.id)
-                .collect();
-            if peers.len() < peers_needed {
-                bail!("partition {p}: {} of the {peers_needed} peers needed are up", peers.len());
+            let holders = layout.placement(p).read;
+            let counts_itself = mode == SyncMode::CatchUp && holders.contains(&id);
+            let needed = holders_needed.saturating_sub(usize::from(counts_itself));
+            let peers: Vec<NodeId> =
+                cluster.replicas(&holders).into_iter().filter(|x| x.id != id && x.is_source()).map(|x| x.id).collect();
+            if peers.len() < needed {
+                bail!("partition {p}: {} of the {needed} intact peers needed are running", peers.len());
             }
             groups.entry(peers).or_default().push(p);
         }
@@ -106,6 +107,7 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
         cluster.update(id, |s| s.progress = Some(p));
     }
     progress.finished = true;
+    progress.elapsed_ms = started.elapsed().as_millis() as u64;
     cluster.update(id, |s| s.progress = Some(progress));
     Ok(report)
 }
@@ -159,7 +161,7 @@ pub async fn sync_partitions(
     while let Some(joined) = calls.join_next().await {
         match joined? {
             (mi, _, Ok(WorkerResponse::Digests(d))) if d.len() == partitions.len() => digests[mi] = d,
-            (_, id, other) => bail!("node {id}: unexpected answer to Digests: {other:?}"),
+            (_, id, other) => bail!("node {id}: unexpected answer to Digests: {}", brief(&other)),
         }
     }
     let mut differing = Vec::new();
@@ -196,12 +198,15 @@ async fn versions(link: &WorkerLink, id: NodeId, p: u32) -> anyhow::Result<Versi
         match call(link, id, WorkerRequest::Versions { partition: p, after, limit: 1024 }).await? {
             WorkerResponse::Versions(page) if page.is_empty() => return Ok(list),
             WorkerResponse::Versions(page) => list.extend(page),
-            other => bail!("node {id}: unexpected answer to Versions: {other:?}"),
+            other => bail!("node {id}: unexpected answer to Versions: {}", brief(&other)),
         }
     }
 }
 
-/// Carries out `transfers`, a batch of records at a time per source replica.
+/// Carries out `transfers`, a bounded batch at a time per source replica: each `GetMany`
+/// answer (cut by the worker at a few MiB, at least one record) is stored on its receivers
+/// before the next is asked for, so memory holds one batch (at most one maximal value beyond
+/// the cut) whatever the values' sizes, and every `PutMany` frame stays far below the limit.
 async fn copy(
     members: &[(NodeId, WorkerLink)],
     transfers: Vec<plan::Transfer>,
@@ -212,25 +217,23 @@ async fn copy(
         by_source.entry(t.from).or_default().push(t);
     }
     for (from, ts) in by_source {
-        for batch in ts.chunks(BATCH) {
-            let (src_id, src) = &members[from];
-            // A large answer is cut short by the worker; ask again for the rest.
-            let mut keys: Vec<Vec<u8>> = batch.iter().map(|t| t.key.clone()).collect();
-            let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
-            while !keys.is_empty() {
-                match call(src, *src_id, WorkerRequest::GetMany { keys: keys.clone() }).await? {
-                    WorkerResponse::Records(rs) if !rs.is_empty() => {
-                        keys.drain(..rs.len().min(keys.len()));
-                        records.extend(rs.into_iter().filter_map(|(k, r)| Some((k, r?))));
-                    }
-                    other => bail!("node {src_id}: unexpected answer to GetMany: {other:?}"),
-                }
-            }
+        let (src_id, src) = &members[from];
+        let mut next = 0;
+        while next < ts.len() {
+            let ask = &ts[next..(next + BATCH).min(ts.len())];
+            let keys: Vec<Vec<u8>> = ask.iter().map(|t| t.key.clone()).collect();
+            let records = match call(src, *src_id, WorkerRequest::GetMany { keys }).await? {
+                WorkerResponse::Records(rs) if !rs.is_empty() && rs.len() <= ask.len() => rs,
+                other => bail!("node {src_id}: unexpected answer to GetMany: {}", brief(&other)),
+            };
+            let got = &ask[..records.len()];
+            next += records.len();
             for (to, (to_id, link)) in members.iter().enumerate() {
-                let entries: Vec<(Vec<u8>, Record)> = batch
+                let entries: Vec<(Vec<u8>, Record)> = got
                     .iter()
-                    .filter(|t| t.to.contains(&to))
-                    .filter_map(|t| Some((t.key.clone(), records.get(&t.key)?.clone())))
+                    .zip(&records)
+                    .filter(|(t, _)| t.to.contains(&to))
+                    .filter_map(|(_, (k, r))| Some((k.clone(), r.clone()?)))
                     .collect();
                 if entries.is_empty() {
                     continue;
@@ -243,12 +246,22 @@ async fn copy(
                         report.keys_repaired += n;
                         report.bytes_repaired += bytes;
                     }
-                    other => bail!("node {to_id}: unexpected answer to PutMany: {other:?}"),
+                    other => bail!("node {to_id}: unexpected answer to PutMany: {}", brief(&other)),
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A worker's answer for an error message, without dumping the records it may carry.
+fn brief(r: &impl std::fmt::Debug) -> String {
+    let s = format!("{r:?}");
+    if s.len() > 200 {
+        format!("{}...", &s[..s.char_indices().nth(200).map_or(s.len(), |(i, _)| i)])
+    } else {
+        s
+    }
 }
 
 async fn call(link: &WorkerLink, id: NodeId, req: WorkerRequest) -> anyhow::Result<WorkerResponse> {

@@ -22,7 +22,7 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
         Request::Status => Ok(Response::Status(status(server).await)),
         Request::Ring => Ok(Response::Ring(ring(server))),
         Request::NodeRestart { id } => node_restart(server, id),
-        Request::NodeRebuild { id } => node_rebuild(server, id),
+        Request::NodeRebuild { id } => node_rebuild(server, id).await,
         Request::Repair => repair::repair_all(&server.cluster)
             .await
             .map(Response::Repair)
@@ -54,6 +54,7 @@ async fn status(server: &Server) -> StatusReport {
                 keys: None,
                 bytes: None,
                 progress: s.progress.clone().filter(|p| !p.finished),
+                note: s.note.clone(),
             })
             .collect()
     };
@@ -113,7 +114,7 @@ fn node_restart(server: &Server, id: NodeId) -> Result<Response, Error> {
     Ok(Response::Done)
 }
 
-fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
+async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
     let cluster = &server.cluster;
     if cluster.state_of(id).is_none() {
         return Err(Error::NoSuchNode(id));
@@ -134,6 +135,15 @@ fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
             others_down.join(", ")
         )));
     }
-    cluster.send(id, Event::Rebuild);
-    Ok(Response::Done)
+    // Answered once the node's data is set aside and its rebuild begins, or with the reason it
+    // cannot be: a request chd accepts is carried out.
+    let (reply, started) = tokio::sync::oneshot::channel();
+    if !cluster.send(id, Event::Rebuild(reply)) {
+        return Err(Error::NoSuchNode(id));
+    }
+    match started.await {
+        Ok(Ok(())) => Ok(Response::Done),
+        Ok(Err(why)) => Err(Error::Refused(format!("cannot rebuild node {id}: {why}"))),
+        Err(_) => Err(Error::Refused(format!("node {id} is shutting down"))),
+    }
 }

@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Registry};
 use crate::config::Settings;
 use crate::coordinator::{Coordinator, KeyLocks};
 use crate::datadir::{ClusterFile, DataDir};
@@ -48,7 +48,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     // Absolute paths from here on: workers and status output do not depend on chd's cwd.
     settings.data_dir = data.root().to_path_buf();
     settings.socket = std::path::absolute(&settings.socket)?;
-    let (file, fresh) = match data.load_cluster()? {
+    let (mut file, created) = match data.load_cluster()? {
         Some(f) => {
             if settings.replicas_explicit && f.ring.replicas() != settings.replicas {
                 bail!(
@@ -62,21 +62,38 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         None => {
             let ids: Vec<u32> = (0..settings.nodes).collect();
             let ring = chd_data::Ring::new(&ids, settings.replicas, chd_data::ring::DEFAULT_PARTITIONS)?;
-            let f = ClusterFile { format: 1, ring, transition: None, next_node_id: settings.nodes };
+            let f = ClusterFile {
+                format: 1,
+                ring,
+                transition: None,
+                next_node_id: settings.nodes,
+                // No node has its identity yet: a crash before they get it leaves them empty,
+                // and that must not read as lost data at the next start.
+                unborn: ids.iter().copied().collect(),
+                write_quorum: Some(settings.write_quorum),
+            };
             data.save_cluster(&f)?;
             info!(nodes = settings.nodes, replicas = settings.replicas, "created a new data dir");
             (f, true)
         }
     };
-    if settings.write_quorum > file.ring.replicas() {
-        bail!("write_quorum: {} is more than the data dir's {} replicas", settings.write_quorum, file.ring.replicas());
+    crash_point("cluster-created");
+    let write_quorum = settled_write_quorum(&settings, &file)?;
+    settings.write_quorum = write_quorum;
+    if file.write_quorum != Some(write_quorum) {
+        file.write_quorum = Some(write_quorum);
+        data.save_cluster(&file)?;
+    }
+    if created {
+        info!(write_quorum, "write quorum fixed with the data dir");
     }
     let listener = bind(&settings.socket, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?;
     let layout = file.layout();
-    let cluster = Cluster::new(settings.clone(), data, layout.clone(), file.next_node_id);
+    let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
+    let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
     let spawner = Spawner::start()?;
     for id in layout.members() {
-        supervisor::start_node(&cluster, &spawner, id, fresh);
+        supervisor::start_node(&cluster, &spawner, id);
     }
     notify_status("starting nodes");
     wait_for_nodes(&cluster).await;
@@ -202,6 +219,35 @@ fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListen
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
     Ok(listener)
+}
+
+/// W of this start. It is fixed with the data dir, like R: a W raised on an existing data dir
+/// would shrink the read quorum (R-W+1) below what the writes acknowledged under the old W
+/// need. Lowering it is safe (reads then ask more replicas) and is kept from then on.
+fn settled_write_quorum(settings: &Settings, file: &ClusterFile) -> anyhow::Result<u32> {
+    let r = file.ring.replicas();
+    let w = match file.write_quorum {
+        None => settings.write_quorum,
+        Some(stored) if !settings.write_quorum_explicit => stored,
+        Some(stored) if settings.write_quorum > stored => bail!(
+            "write_quorum: data dir {} uses {stored}; raising it is not supported (reads ask R-W+1 replicas, which would miss writes acknowledged by only {stored}); lowering it is",
+            settings.data_dir.display()
+        ),
+        Some(_) => settings.write_quorum,
+    };
+    if w > r {
+        bail!("write_quorum: {w} is more than the data dir's {r} replicas");
+    }
+    Ok(w)
+}
+
+/// In debug builds, `CHD_TEST_CRASH_AT=<point>` makes chd die at that point, the way a kill -9
+/// would, so that tests can reach a crash window without racing a signal against it.
+pub fn crash_point(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("CHD_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("chd: crashing at {point} (CHD_TEST_CRASH_AT)");
+        std::process::abort();
+    }
 }
 
 fn refuse_live_socket(path: &Path) -> anyhow::Result<()> {

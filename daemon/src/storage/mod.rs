@@ -73,4 +73,22 @@ pub(crate) mod tests {
         let busy = sled::SledEngine::open(dir.path()).err().expect("second open must fail");
         assert_eq!(busy.kind(), std::io::ErrorKind::WouldBlock, "{busy}");
     }
+
+    #[test]
+    fn sled_engine_keeps_values_large_enough_for_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |i: u8| vec![i; (1 << 20) + usize::from(i)];
+        {
+            let mut e = sled::SledEngine::open(dir.path()).unwrap();
+            e.put(b"one", &big(1)).unwrap();
+            e.sync().unwrap();
+            e.put(b"two", &big(2)).unwrap();
+            e.put(b"one", &big(3)).unwrap();
+            e.sync().unwrap();
+        }
+        assert!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count() > 0, "sled changed its layout");
+        let e = sled::SledEngine::open(dir.path()).unwrap();
+        assert_eq!(e.get(b"one").unwrap(), Some(big(3)));
+        assert_eq!(e.get(b"two").unwrap(), Some(big(2)));
+    }
 }

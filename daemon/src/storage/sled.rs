@@ -4,22 +4,49 @@
 //! process but not of the machine. [`SledEngine::sync`] therefore follows it with an
 //! `fdatasync` of sled's log file (`<dir>/db`). The worker calls `sync` once per batch of writes
 //! (group commit), not once per write.
+//!
+//! Errors keep their kind (see `io_err`): the worker's exit status, and so whether chd sets a
+//! database aside, depends on telling a full disk from a failing one from a damaged database.
+//!
+//! sled 0.34 on a full disk: an `insert` or `flush` fails with ENOSPC, and then every later
+//! call fails the same way; dropping the `Db` afterwards can hang forever (seen with 1 MiB
+//! values on a full tmpfs: the drop's flush waits on a write that never completes), and
+//! opening a database on a full filesystem fails with ENOSPC. The worker therefore checks free
+//! space before it writes and, after a storage error, exits without dropping the engine.
+//!
+//! Values over about 128 KiB (`segment_size / 4`) go to blob files `<dir>/blobs/<lsn>`, which
+//! sled writes inside `insert` and never fsyncs; `sync` fsyncs the new ones and `blobs/`
+//! before the log (see `sync_blobs`). Not covered, and not reachable from outside sled: sled
+//! unlinks a replaced value's blob once the segment holding the replacing log entry is sealed,
+//! which can happen before our fdatasync of the log; a power cut in that window can leave the
+//! old entry pointing at a removed blob, which sled then skips on recovery.
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Engine, Entry};
 
 pub struct SledEngine {
     db: sled::Db,
     log: File,
+    /// `<dir>/blobs`, where sled keeps values too large for its log.
+    blobs: PathBuf,
+    /// Blob files are named by log sequence number, which only grows: every blob named at or
+    /// below this has been fsynced. `None` until the first sync, which covers every blob
+    /// already there (an earlier worker may have been killed before it synced them).
+    blobs_synced: Option<i64>,
 }
 
+/// sled's errors as `io::Error`s whose kind keeps what the worker must tell apart (see
+/// [`crate::worker::classify`]): an I/O error stays as it is (ENOSPC keeps its kind
+/// `StorageFull` even when sled hands out a copy without the OS error code), and everything
+/// sled reports about its own files (corruption, an unsupported or foreign format, a bug it
+/// detected) becomes `InvalidData`, "this database fails its own checks".
 fn io_err(e: sled::Error) -> io::Error {
     match e {
         sled::Error::Io(e) => e,
-        other => io::Error::other(other.to_string()),
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("sled: {other}")),
     }
 }
 
@@ -40,7 +67,42 @@ impl SledEngine {
         let log = File::open(dir.join("db"))?;
         // Make the directory entries of files sled just created durable too.
         File::open(dir)?.sync_all()?;
-        Ok(SledEngine { db, log })
+        Ok(SledEngine { db, log, blobs: dir.join("blobs"), blobs_synced: None })
+    }
+
+    /// fsyncs the blob files sled created since the last sync, then the `blobs/` directory.
+    ///
+    /// sled 0.34 writes a large value to its own file `blobs/<lsn>` synchronously inside
+    /// `insert` (open O_EXCL, write, close, no fsync), and the log entry pointing at it later.
+    /// A log entry made durable without its blob is lost on power loss (sled skips an entry
+    /// whose blob is missing, and stops reading the log at one whose blob is short). So the
+    /// blobs of a batch are made durable here, before `flush` and the fdatasync of the log.
+    fn sync_blobs(&mut self) -> io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut newest = self.blobs_synced;
+        for entry in entries {
+            let entry = entry?;
+            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
+            if self.blobs_synced.is_some_and(|synced| lsn <= synced) {
+                continue;
+            }
+            match File::open(entry.path()) {
+                Ok(f) => f.sync_data()?,
+                // sled removed a blob that a newer write replaced.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            newest = Some(newest.map_or(lsn, |n| n.max(lsn)));
+        }
+        if newest != self.blobs_synced {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        self.blobs_synced = newest.or(Some(i64::MIN));
+        Ok(())
     }
 }
 
@@ -63,6 +125,7 @@ impl Engine for SledEngine {
         self.db.range(from..to).take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io_err)).collect()
     }
     fn sync(&mut self) -> io::Result<()> {
+        self.sync_blobs()?;
         self.db.flush().map_err(io_err)?;
         self.log.sync_data()
     }

@@ -7,8 +7,11 @@
 //! to give up and mark the node failed until `chctl node restart`.
 //!
 //! On hello:
-//! - no identity in a database chd created before: the data is lost; the node is rebuilt from
-//!   its replicas before it serves reads (`Rebuilding`);
+//! - no identity, and the node was created and never given one (`unborn` in `cluster.json`,
+//!   also after a crash during the first start of a data dir): it never took a write; it is
+//!   `Up` at once;
+//! - no identity otherwise: the data is lost; the node is rebuilt from its replicas before it
+//!   serves reads (`Rebuilding`);
 //! - a rebuild was pending (interrupted by a crash): it is resumed;
 //! - a respawn within this chd's life: the node may have missed writes while it was down, so it
 //!   catches up (`CatchingUp`) before it serves reads;
@@ -16,12 +19,27 @@
 //!   when chd stopped is still safe to read from: every read asks a quorum and takes the newest
 //!   version, and a quorum always includes a node that has every acknowledged write.
 //!
-//! A worker that exits with [`crate::worker::EXIT_BAD_DATABASE`] has its directory moved to
-//! `quarantine/` (never deleted) and is respawned on a fresh database, which is then rebuilt.
+//! Catching up and rebuilding copy from *intact* owners ([`crate::cluster::Replica::is_source`]),
+//! not only from `up` ones, so that after every worker was killed at once the nodes catch up
+//! from each other instead of each waiting for a peer that is up.
+//!
+//! A worker's exit status says why it ended, and each reason has its own answer:
+//! - [`EXIT_BAD_DATABASE`] (the database fails its own checks): the directory is moved to
+//!   `quarantine/` (never deleted) and the node rebuilt, but only if that leaves every
+//!   partition enough intact replicas ([`Cluster::claim_set_aside`]); otherwise the node is
+//!   marked failed with the reason and the data stays where it is;
+//! - [`EXIT_DISK_FULL`]: nothing is wrong with the data; the node waits for free space and is
+//!   respawned, without counting as a crash;
+//! - anything else (a crash, a kill, [`crate::worker::EXIT_IO`], a held lock): respawned with
+//!   backoff, marked failed after too many.
+//!
+//! Operator requests (`node restart`, `node rebuild`) are never dropped: one that arrives while
+//! the worker is starting or exiting is kept and carried out next.
 
 pub mod policy;
 pub mod spawn;
 
+use std::collections::VecDeque;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +53,7 @@ use crate::cluster::{Cluster, NodeSlot};
 use crate::repair::{self, SyncMode};
 use crate::worker::link::{LinkError, WorkerLink};
 use crate::worker::proto::{WorkerHello, WorkerRequest, WorkerResponse};
-use crate::worker::EXIT_BAD_DATABASE;
+use crate::worker::{EXIT_BAD_DATABASE, EXIT_DISK_FULL};
 use policy::{Decision, RestartPolicy};
 use spawn::{Spawned, Spawner};
 
@@ -47,6 +65,11 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a worker may take to flush and exit on shutdown before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free space a node waits for after its worker stopped on a full disk.
+const DISK_SPACE_TO_RESTART: u64 = 32 << 20;
+
+/// The answer to an operator's rebuild request: started, or refused with the reason.
+pub type RebuildReply = oneshot::Sender<Result<(), String>>;
 
 pub enum Event {
     Exited {
@@ -63,13 +86,21 @@ pub enum Event {
     /// `chctl node restart`: respawn now, forgetting earlier crashes.
     Restart,
     /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas.
-    Rebuild,
+    Rebuild(RebuildReply),
     /// A sync of this node finished (`ok`) for the worker of `generation`.
     Synced {
         generation: u64,
         ok: bool,
     },
     Shutdown(oneshot::Sender<()>),
+}
+
+impl Event {
+    /// Operator requests and shutdown: kept when they arrive at a moment they cannot be carried
+    /// out, never dropped.
+    fn is_request(&self) -> bool {
+        matches!(self, Event::Restart | Event::Rebuild(_) | Event::Shutdown(_))
+    }
 }
 
 enum Outcome {
@@ -79,9 +110,8 @@ enum Outcome {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Registers node `id` and starts its task. `fresh`: chd created this node just now, so an
-/// empty database is expected rather than a sign of lost data.
-pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId, fresh: bool) {
+/// Registers node `id` and starts its task.
+pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId) {
     let (tx, rx) = mpsc::unbounded_channel();
     cluster.nodes.write().expect("nodes lock").insert(
         id,
@@ -94,22 +124,43 @@ pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId, fresh: 
             events: tx.clone(),
             generation: 0,
             max_version: 0,
+            // Until its hello says otherwise, a node's data is presumed intact: that is what
+            // keeps chd from setting aside a second replica while it does not know yet.
+            intact: true,
+            note: None,
         },
     );
-    let keeper = Keeper { cluster: cluster.clone(), spawner: spawner.clone(), id, fresh, events_tx: tx };
-    tokio::spawn(keeper.run(rx));
+    let keeper = Keeper {
+        cluster: cluster.clone(),
+        spawner: spawner.clone(),
+        id,
+        events_tx: tx,
+        events: rx,
+        deferred: VecDeque::new(),
+    };
+    tokio::spawn(keeper.run());
 }
 
 struct Keeper {
     cluster: Arc<Cluster>,
     spawner: Spawner,
     id: NodeId,
-    fresh: bool,
     events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Requests that arrived while they could not be carried out, oldest first.
+    deferred: VecDeque<Event>,
 }
 
 impl Keeper {
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+    /// The next event: a deferred request first, then whatever arrives.
+    async fn next_event(&mut self) -> Option<Event> {
+        match self.deferred.pop_front() {
+            Some(e) => Some(e),
+            None => self.events.recv().await,
+        }
+    }
+
+    async fn run(mut self) {
         let id = self.id;
         let mut policy = RestartPolicy::default();
         let mut generation = 0u64;
@@ -121,11 +172,12 @@ impl Keeper {
                 s.link = None;
                 s.pid = None;
                 s.generation = generation;
+                s.note = None;
             });
             let dir = self.cluster.data.node_dir(id);
             let partitions = self.cluster.ring().partitions();
             let outcome = match self.spawner.spawn(id, dir, partitions).await {
-                Ok(spawned) => self.watch(generation, spawned, respawn, &mut events).await,
+                Ok(spawned) => self.watch(generation, spawned, respawn).await,
                 Err(e) => {
                     error!(node = id, error = %e, "cannot spawn worker");
                     Outcome::Exited(None)
@@ -142,39 +194,63 @@ impl Keeper {
                     let _ = done.send(());
                     return;
                 }
-                Outcome::RestartNow => {
+                Outcome::RestartNow | Outcome::RebuildNow => {
                     policy.reset();
-                    continue;
-                }
-                Outcome::RebuildNow => {
-                    self.quarantine("rebuild requested");
                     continue;
                 }
                 Outcome::Exited(status) => status,
             };
-            self.cluster.update(id, |s| s.restarts += 1);
-            if status.and_then(|s| s.code()) == Some(EXIT_BAD_DATABASE) {
-                self.quarantine("the database could not be opened");
-            }
-            let decision = policy.on_exit(Instant::now());
-            let wait = match decision {
-                Decision::Restart { after } => {
-                    warn!(node = id, ?status, backoff_ms = after.as_millis() as u64, "worker exited; respawning");
-                    Some(after)
+            let code = status.and_then(|s| s.code());
+            let wait = if code == Some(EXIT_DISK_FULL) {
+                warn!(node = id, "worker stopped on a full disk; waiting for free space");
+                self.cluster.update(id, |s| s.note = Some("disk full; waiting for free space".into()));
+                Wait::DiskSpace
+            } else {
+                self.cluster.update(id, |s| s.restarts += 1);
+                let mut give_up = None;
+                if code == Some(EXIT_BAD_DATABASE) {
+                    if let Err(why) = self.set_aside("the database fails its own checks") {
+                        give_up = Some(format!("database damaged and not set aside: {why}"));
+                    }
                 }
-                Decision::GiveUp => {
-                    error!(node = id, "worker crashed too often; node failed; `chctl node restart {id}` retries");
-                    self.cluster.update(id, |s| s.state = NodeState::Failed);
-                    None
+                match (give_up, policy.on_exit(Instant::now())) {
+                    (None, Decision::Restart { after }) => {
+                        warn!(
+                            node = id,
+                            status = %describe_exit(status),
+                            backoff_ms = after.as_millis() as u64,
+                            "worker exited; respawning"
+                        );
+                        Wait::Backoff(after)
+                    }
+                    (why, _) => {
+                        let why = why.unwrap_or_else(|| "crashed too often".into());
+                        error!(node = id, "node failed: {why}; `chctl node restart {id}` retries");
+                        self.cluster.update(id, |s| {
+                            s.state = NodeState::Failed;
+                            s.note = Some(why);
+                        });
+                        Wait::Operator
+                    }
                 }
             };
-            // Wait out the backoff (or, once failed, for an operator), still answering events.
-            let sleep = tokio::time::sleep(wait.unwrap_or(Duration::MAX / 4));
+            // Wait (backoff, disk space, or an operator), still answering requests.
+            let sleep = tokio::time::sleep(match wait {
+                Wait::Backoff(d) => d,
+                Wait::DiskSpace => Duration::from_millis(250),
+                Wait::Operator => Duration::MAX / 4,
+            });
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
-                    _ = &mut sleep => break,
-                    ev = events.recv() => match ev {
+                    _ = &mut sleep => {
+                        if matches!(wait, Wait::DiskSpace) && !self.disk_has_room() {
+                            sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(250));
+                            continue;
+                        }
+                        break;
+                    }
+                    ev = self.next_event() => match ev {
                         None => return,
                         Some(Event::Shutdown(done)) => {
                             let _ = done.send(());
@@ -184,10 +260,14 @@ impl Keeper {
                             policy.reset();
                             break;
                         }
-                        Some(Event::Rebuild) => {
-                            self.quarantine("rebuild requested");
-                            policy.reset();
-                            break;
+                        Some(Event::Rebuild(reply)) => {
+                            let r = self.set_aside("rebuild requested");
+                            let ok = r.is_ok();
+                            let _ = reply.send(r);
+                            if ok {
+                                policy.reset();
+                                break;
+                            }
                         }
                         Some(_) => {}
                     },
@@ -196,24 +276,30 @@ impl Keeper {
         }
     }
 
-    fn quarantine(&mut self, why: &str) {
-        match self.cluster.data.quarantine(self.id) {
+    fn disk_has_room(&self) -> bool {
+        free_bytes(&self.cluster.data.root().join("nodes")).is_none_or(|free| free >= DISK_SPACE_TO_RESTART)
+    }
+
+    /// Moves the node's database into `quarantine/`, if chd may ([`Cluster::claim_set_aside`]).
+    fn set_aside(&mut self, why: &str) -> Result<(), String> {
+        let id = self.id;
+        self.cluster.claim_set_aside(id)?;
+        self.cluster.update(id, |s| s.progress = None);
+        match self.cluster.data.quarantine(id) {
             Ok(Some(to)) => {
-                warn!(node = self.id, to = %to.display(), "{why}; database moved aside, the node will be rebuilt")
+                warn!(node = id, to = %to.display(), "{why}; database moved aside, the node will be rebuilt");
+                Ok(())
             }
-            Ok(None) => {}
-            Err(e) => error!(node = self.id, error = %e, "cannot move the database aside"),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                error!(node = id, error = %format!("{e:#}"), "cannot move the database aside");
+                Err(format!("cannot move the database aside: {e:#}"))
+            }
         }
     }
 
     /// Runs one worker process until it exits or chd stops it.
-    async fn watch(
-        &mut self,
-        generation: u64,
-        spawned: Spawned,
-        respawn: bool,
-        events: &mut mpsc::UnboundedReceiver<Event>,
-    ) -> Outcome {
+    async fn watch(&mut self, generation: u64, spawned: Spawned, respawn: bool) -> Outcome {
         let id = self.id;
         let Spawned { pid, stream, exited } = spawned;
         let tx = self.events_tx.clone();
@@ -227,7 +313,7 @@ impl Keeper {
             Err(e) => {
                 error!(node = id, error = %e, "cannot use worker socket");
                 kill(pid);
-                return wait_exit(generation, events).await;
+                return self.wait_exit(generation).await;
             }
         };
         let (link, hello_rx, closed) = link;
@@ -244,17 +330,21 @@ impl Keeper {
         let hello = tokio::select! {
             h = tokio::time::timeout(HELLO_TIMEOUT, hello_rx) => match h {
                 Ok(Ok(h)) => h,
-                _ => {
-                    error!(node = id, "worker exited or did not start in time");
+                Ok(Err(_)) => {
+                    // The worker ended before its hello; its exit status says why.
+                    return self.wait_exit(generation).await;
+                }
+                Err(_) => {
+                    error!(node = id, "worker did not open its database in time; killing it");
                     kill(pid);
-                    return wait_exit(generation, events).await;
+                    return self.wait_exit(generation).await;
                 }
             },
-            ev = next_for(generation, events) => return ev,
+            ev = self.wait_exit(generation) => return ev,
         };
         let Some(mode) = self.admit(&hello, respawn, &link).await else {
             kill(pid);
-            return wait_exit(generation, events).await;
+            return self.wait_exit(generation).await;
         };
         let state = match mode {
             None => NodeState::Up,
@@ -266,10 +356,11 @@ impl Keeper {
             s.state = state;
             s.link = Some(link.clone());
             s.progress = None;
+            s.intact = mode != Some(SyncMode::Rebuild);
             s.max_version = s.max_version.max(hello.max_version);
         });
         if let Some(mode) = mode {
-            self.start_sync(generation, mode);
+            self.start_sync(generation, mode, Duration::ZERO);
         }
 
         let pinger = {
@@ -289,7 +380,7 @@ impl Keeper {
             })
         };
         let outcome = loop {
-            match events.recv().await {
+            match self.next_event().await {
                 None => break Outcome::Exited(None),
                 Some(Event::Exited { generation: g, status }) if g == generation => break Outcome::Exited(status),
                 Some(Event::Hung { generation: g }) if g == generation => {
@@ -299,57 +390,64 @@ impl Keeper {
                 }
                 Some(Event::LinkLost { generation: g }) if g == generation => {
                     // Usually the process exited and its exit is about to be reported.
-                    match tokio::time::timeout(Duration::from_secs(1), wait_exit(generation, events)).await {
+                    match tokio::time::timeout(Duration::from_secs(1), self.wait_exit(generation)).await {
                         Ok(outcome) => break outcome,
                         Err(_) => {
                             warn!(node = id, pid, "lost the link to a running worker; killing it");
                             kill(pid);
-                            break wait_exit(generation, events).await;
+                            break self.wait_exit(generation).await;
                         }
                     }
                 }
                 Some(Event::Synced { generation: g, ok }) if g == generation => {
-                    if ok {
-                        let _ = link
-                            .call(WorkerRequest::SetIdentity { node: id, rebuild_pending: false }, STOP_TIMEOUT)
-                            .await;
-                        info!(node = id, "node is in sync; serving reads");
-                        self.cluster.update(id, |s| s.state = NodeState::Up);
-                    } else {
-                        // Peers were missing or the worker failed mid-sync: try again shortly.
-                        let tx = self.events_tx.clone();
-                        let cluster = self.cluster.clone();
-                        let mode = if cluster.state_of(id) == Some(NodeState::Rebuilding) {
-                            SyncMode::Rebuild
-                        } else {
-                            SyncMode::CatchUp
-                        };
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            let ok = repair::sync_node(&cluster, id, mode).await.is_ok();
-                            let _ = tx.send(Event::Synced { generation, ok });
-                        });
+                    let mode = match self.cluster.state_of(id) {
+                        Some(NodeState::Rebuilding) => SyncMode::Rebuild,
+                        _ => SyncMode::CatchUp,
+                    };
+                    if !ok {
+                        // Too few sources, or one went away mid-sync: try again shortly.
+                        self.start_sync(generation, mode, Duration::from_secs(1));
+                        continue;
                     }
+                    if mode == SyncMode::Rebuild {
+                        // Durably intact again before it counts as a source or serves reads.
+                        let r =
+                            link.call(WorkerRequest::SetIdentity { node: id, rebuild_pending: false }, STOP_TIMEOUT);
+                        if !matches!(r.await, Ok(WorkerResponse::Done)) {
+                            self.start_sync(generation, mode, Duration::from_secs(1));
+                            continue;
+                        }
+                    }
+                    info!(node = id, "node is in sync; serving reads");
+                    self.cluster.update(id, |s| {
+                        s.state = NodeState::Up;
+                        s.intact = true;
+                    });
                 }
                 Some(Event::Restart) => {
                     info!(node = id, "restart requested");
                     kill(pid);
-                    wait_exit(generation, events).await;
+                    self.wait_exit(generation).await;
                     break Outcome::RestartNow;
                 }
-                Some(Event::Rebuild) => {
+                Some(Event::Rebuild(reply)) => {
+                    if let Err(why) = self.cluster.claim_set_aside(id) {
+                        let _ = reply.send(Err(why));
+                        continue;
+                    }
                     info!(node = id, "rebuild requested");
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
                     kill(pid);
-                    wait_exit(generation, events).await;
+                    self.wait_exit(generation).await;
+                    let _ = reply.send(self.set_aside("rebuild requested"));
                     break Outcome::RebuildNow;
                 }
                 Some(Event::Shutdown(done)) => {
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
-                    match tokio::time::timeout(STOP_TIMEOUT, wait_exit(generation, events)).await {
+                    match tokio::time::timeout(STOP_TIMEOUT, self.wait_exit(generation)).await {
                         Ok(Outcome::Exited(Some(s))) if s.success() => info!(node = id, "worker stopped cleanly"),
                         Ok(Outcome::Exited(status)) => {
-                            warn!(node = id, ?status, "worker ended uncleanly during shutdown")
+                            warn!(node = id, status = %describe_exit(status), "worker ended uncleanly during shutdown")
                         }
                         Ok(_) => {}
                         Err(_) => {
@@ -370,13 +468,16 @@ impl Keeper {
     /// `None` refuses the worker (a database that belongs to another node).
     async fn admit(&mut self, hello: &WorkerHello, respawn: bool, link: &WorkerLink) -> Option<Option<SyncMode>> {
         let id = self.id;
+        let unborn = self.cluster.is_unborn(id).await;
         let mode = match hello.identity {
             Some(other) if other != id => {
-                error!(node = id, found = other, "database belongs to another node; moving it aside");
-                self.quarantine("the database belongs to another node");
+                error!(node = id, found = other, "database belongs to another node");
+                if let Err(why) = self.set_aside("the database belongs to another node") {
+                    error!(node = id, "not setting it aside: {why}");
+                }
                 return None;
             }
-            None if self.fresh => None,
+            None if unborn => None,
             None => {
                 warn!(node = id, "database is missing or empty; rebuilding the node from its replicas");
                 Some(SyncMode::Rebuild)
@@ -389,53 +490,74 @@ impl Keeper {
             let pending = mode == Some(SyncMode::Rebuild);
             let r = link.call(WorkerRequest::SetIdentity { node: id, rebuild_pending: pending }, STOP_TIMEOUT).await;
             if !matches!(r, Ok(WorkerResponse::Done)) {
-                error!(node = id, ?r, "cannot write node identity");
+                error!(node = id, reply = ?r, "cannot write node identity");
                 return None;
             }
+            if unborn {
+                if let Err(e) = self.cluster.mark_born(id).await {
+                    error!(node = id, error = %format!("{e:#}"), "cannot record the node's identity in cluster.json");
+                    return None;
+                }
+            }
         }
-        self.fresh = false;
         Some(mode)
     }
 
-    fn start_sync(&self, generation: u64, mode: SyncMode) {
+    fn start_sync(&self, generation: u64, mode: SyncMode, after: Duration) {
         let (cluster, tx, id) = (self.cluster.clone(), self.events_tx.clone(), self.id);
         tokio::spawn(async move {
+            tokio::time::sleep(after).await;
             let ok = match repair::sync_node(&cluster, id, mode).await {
                 Ok(report) => {
                     info!(node = id, ?mode, keys = report.keys_repaired, bytes = report.bytes_repaired, "sync done");
                     true
                 }
                 Err(e) => {
-                    warn!(node = id, ?mode, error = %e, "sync failed; will retry");
+                    warn!(node = id, ?mode, error = %format!("{e:#}"), "sync incomplete; will retry");
                     false
                 }
             };
             let _ = tx.send(Event::Synced { generation, ok });
         });
     }
-}
 
-/// The next event that ends this worker's life, while it is still starting.
-async fn next_for(generation: u64, events: &mut mpsc::UnboundedReceiver<Event>) -> Outcome {
-    loop {
-        match events.recv().await {
-            None => return Outcome::Exited(None),
-            Some(Event::Exited { generation: g, status }) if g == generation => return Outcome::Exited(status),
-            Some(Event::Shutdown(done)) => return Outcome::Shutdown(done),
-            Some(_) => {}
+    /// Waits for the exit of the worker of `generation` (after it was killed or while it
+    /// starts), keeping operator requests for later.
+    async fn wait_exit(&mut self, generation: u64) -> Outcome {
+        loop {
+            match self.events.recv().await {
+                None => return Outcome::Exited(None),
+                Some(Event::Exited { generation: g, status }) if g == generation => return Outcome::Exited(status),
+                Some(e) if e.is_request() => self.deferred.push_back(e),
+                Some(_) => {}
+            }
         }
     }
 }
 
-/// Waits for the exit of the worker of `generation` (after it was killed).
-async fn wait_exit(generation: u64, events: &mut mpsc::UnboundedReceiver<Event>) -> Outcome {
-    loop {
-        match events.recv().await {
-            None => return Outcome::Exited(None),
-            Some(Event::Exited { generation: g, status }) if g == generation => return Outcome::Exited(status),
-            Some(_) => {}
-        }
+enum Wait {
+    Backoff(Duration),
+    DiskSpace,
+    Operator,
+}
+
+/// A worker's exit for a log line: "exit status 3", "killed by signal 9".
+pub fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "unknown".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
     }
+}
+
+/// Bytes available to unprivileged writers on the filesystem of `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
 fn kill(pid: u32) {

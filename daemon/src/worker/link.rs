@@ -25,6 +25,9 @@ pub enum LinkError {
     Timeout(Duration),
     #[error("worker failed: {0}")]
     Failed(String),
+    /// The worker refused a write for lack of disk space; nothing was written.
+    #[error("disk full: {free} bytes free, {needed} needed")]
+    DiskFull { free: u64, needed: u64 },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WorkerResponse>>>>;
@@ -109,6 +112,7 @@ impl WorkerLink {
             Err(_) => Err(LinkError::Timeout(timeout)),
             Ok(Err(_)) => Err(LinkError::Closed),
             Ok(Ok(WorkerResponse::Failed(e))) => Err(LinkError::Failed(e)),
+            Ok(Ok(WorkerResponse::DiskFull { free, needed })) => Err(LinkError::DiskFull { free, needed }),
             Ok(Ok(r)) => Ok(r),
         }
     }

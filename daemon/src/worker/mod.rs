@@ -1,15 +1,30 @@
 //! A worker process: owns one node's database and answers chd over a socketpair.
 //!
 //! chd starts a worker by running its own executable as `chd worker ...` with the socketpair
-//! end on fd 3. The worker is single-threaded where it matters: one loop takes every request
-//! that has arrived, applies them in order, makes the batch durable with one `sync` (group
-//! commit: concurrent writes share one fdatasync), and only then sends the replies. A reply to
-//! a write therefore always means "on disk". Pings are answered by the same loop, so a loop
-//! stuck on a hung disk stops answering them and chd's health check notices.
+//! end on fd 3. Two threads:
+//! - the reader reads chd's frames, answers `Ping` itself and queues every other request;
+//! - the apply loop takes every request that has arrived (at most [`MAX_BATCH`] of them and
+//!   about [`MAX_BATCH_BYTES`]), applies them in order, makes the batch durable with one `sync`
+//!   (group commit: concurrent writes share one fdatasync), and only then sends the replies. A
+//!   reply to a write therefore always means "on disk".
+//!
+//! Liveness is separate from work: a large write or a slow fsync does not delay a `Pong`. The
+//! `Pong` says how many batches the loop has completed and how long it has been on the
+//! current one, so chd can tell "busy" (progress) from "hung" (no progress on work it has).
+//! Both threads write to the socket through one mutex, so frames never interleave.
+//!
+//! Failures are typed ([`classify`], [`Failure`]) and each has its own exit status: only a
+//! database that fails its own checks makes chd set it aside; a held lock, a full disk or
+//! another I/O error do not. Before writing, the loop checks free space ([`disk`]): on a full
+//! disk writes are refused with `DiskFull` and reads go on. After a storage error the worker
+//! exits at once, without replying to the batch (its writes were not acknowledged) and without
+//! dropping the engine (sled can hang flushing on a failed disk).
 //!
 //! The worker exits when chd closes the socket (and is killed by the kernel if chd dies, via
-//! `PR_SET_PDEATHSIG`). A panic aborts the process; chd respawns it.
+//! `PR_SET_PDEATHSIG`). A frame it cannot read ends it with [`EXIT_IO`] and a line on stderr. A
+//! panic aborts the process; chd respawns it.
 
+pub mod disk;
 pub mod link;
 pub mod node;
 pub mod proto;
@@ -18,26 +33,45 @@ use std::io::{self, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chd_data::proto::{decode_body, encode_frame, read_frame};
 use chd_data::NodeId;
 
 use crate::storage::sled::SledEngine;
+use crate::storage::Engine;
+use disk::FreeSpace;
 use node::Node;
 use proto::{Frame, WorkerHello, WorkerRequest, WorkerResponse, MAX_WORKER_FRAME};
 
 /// The fd on which a worker finds its end of the socketpair.
 pub const WORKER_FD: i32 = 3;
-/// Exit status of a worker whose database cannot be opened: chd moves it aside and rebuilds.
+/// Exit status of a worker whose database fails its own checks (sled reports corruption or a
+/// format it does not accept, a record or the node's metadata does not decode): chd may move
+/// it aside and rebuild the node.
 pub const EXIT_BAD_DATABASE: i32 = 3;
 /// Exit status of a worker whose database another process still holds locked.
 pub const EXIT_DATABASE_BUSY: i32 = 4;
+/// Exit status of a worker that met ENOSPC or EDQUOT (opening, writing or syncing). The data
+/// is intact; the node can serve again once space is freed.
+pub const EXIT_DISK_FULL: i32 = 5;
+/// Exit status of a worker that met any other I/O error (EIO, EACCES, ...), or an unreadable
+/// frame from chd. Not a sign that the database is damaged.
+pub const EXIT_IO: i32 = 6;
 
 /// Most requests applied in one batch (one sync).
 const MAX_BATCH: usize = 512;
-/// Most bytes of records returned by one `Versions`/`GetMany` answer.
+/// A batch stops taking requests once it holds this many bytes of requests (it always takes
+/// at least one), so one sync never waits on gigabytes.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Bytes of requests the worker holds at most (queued plus the batch being applied). Past this
+/// the reader stops reading, and a `Ping` behind the stopped requests waits too: chd should
+/// keep fewer bytes than this in flight on one link.
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+/// Most bytes of records returned by one `Versions`/`GetMany` answer (at least one record is
+/// always returned, so a maximal value still fits: see [`proto::MAX_WORKER_FRAME`]).
 const MAX_REPLY_BYTES: usize = 8 << 20;
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +85,70 @@ pub struct WorkerArgs {
     /// Partitions of the ring (a key's partition is part of its stored key).
     #[arg(long)]
     pub partitions: u32,
+    /// Free bytes on the database's filesystem that writes never use: a write is refused
+    /// ("disk full") unless the filesystem keeps this much free after it.
+    #[arg(long, default_value_t = disk::DEFAULT_RESERVE)]
+    pub disk_reserve: u64,
+}
+
+/// What went wrong, as far as chd's reaction is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database fails its own checks: set it aside and rebuild.
+    BadDatabase,
+    /// Another process holds the database's lock: wait and try again.
+    Busy,
+    /// ENOSPC or EDQUOT: the data is intact; writes must wait for free space.
+    DiskFull,
+    /// Any other I/O error.
+    Io,
+}
+
+impl Failure {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Failure::BadDatabase => EXIT_BAD_DATABASE,
+            Failure::Busy => EXIT_DATABASE_BUSY,
+            Failure::DiskFull => EXIT_DISK_FULL,
+            Failure::Io => EXIT_IO,
+        }
+    }
+}
+
+/// Classifies a storage error. The storage layer keeps the distinction in the error's kind:
+/// `InvalidData` for a database that fails its checks, `WouldBlock` for a held lock (see
+/// [`crate::storage::sled`]); the OS error code or kind for the rest. An error wrapping another
+/// (`io::Error::new(kind, inner)`) is classified by what it wraps when that is more specific.
+pub fn classify(e: &io::Error) -> Failure {
+    if let Some(code) = e.raw_os_error() {
+        return if code == libc::ENOSPC || code == libc::EDQUOT { Failure::DiskFull } else { Failure::Io };
+    }
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<io::Error>()) {
+        match classify(inner) {
+            Failure::Io => {}
+            specific => return specific,
+        }
+    }
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Failure::DiskFull,
+        io::ErrorKind::WouldBlock => Failure::Busy,
+        // Short reads of a file sled wrote itself mean a truncated file.
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Failure::BadDatabase,
+        _ => Failure::Io,
+    }
+}
+
+/// Why the worker must stop, and with which exit status.
+#[derive(Debug)]
+pub struct Fatal {
+    pub failure: Failure,
+    pub why: String,
+}
+
+impl Fatal {
+    fn storage(what: &str, e: &io::Error) -> Fatal {
+        Fatal { failure: classify(e), why: format!("{what}: {e}") }
+    }
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -66,27 +164,30 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // SAFETY: chd placed our end of the socketpair on WORKER_FD before exec; nothing else in
     // this process owns that fd.
     let stream = unsafe { UnixStream::from_raw_fd(WORKER_FD) };
+    let (id, dir) = (args.id, args.dir.display());
+    let exit = |f: Failure, what: &str, e: &dyn std::fmt::Display| -> ! {
+        let meaning = match f {
+            Failure::BadDatabase => "the database is damaged",
+            Failure::Busy => "the database is locked by another process",
+            Failure::DiskFull => "the disk is full",
+            Failure::Io => "I/O error",
+        };
+        eprintln!("chd worker {id}: {what} {dir}: {meaning}: {e}");
+        std::process::exit(f.exit_code());
+    };
     let engine = match open_engine(&args.dir) {
         Ok(e) => e,
-        // Another process still holds the database: not a sign of damage, so not a reason to
-        // move it aside. Exit and let chd try again later.
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            eprintln!("chd worker {}: database {} is locked by another process: {e}", args.id, args.dir.display());
-            std::process::exit(EXIT_DATABASE_BUSY);
-        }
-        Err(e) => {
-            eprintln!("chd worker {}: cannot open database {}: {e}", args.id, args.dir.display());
-            std::process::exit(EXIT_BAD_DATABASE);
-        }
+        Err(e) => exit(classify(&e), "cannot open database", &e),
     };
     let node = match Node::open(engine, args.partitions) {
         Ok(n) => n,
-        Err(e) => {
-            eprintln!("chd worker {}: database {} is unreadable: {e}", args.id, args.dir.display());
-            std::process::exit(EXIT_BAD_DATABASE);
-        }
+        Err(e) => exit(classify(&e), "cannot read database", &e),
     };
-    serve(node, stream)
+    let disk = Box::new(disk::Statvfs(args.dir.clone()));
+    if let Err(fatal) = serve(node, stream, disk, args.disk_reserve) {
+        exit(fatal.failure, "stopping; database", &fatal.why);
+    }
+    Ok(())
 }
 
 /// Opens sled, waiting a little if the previous worker of this node is still releasing its
@@ -104,72 +205,240 @@ fn open_engine(dir: &std::path::Path) -> io::Result<SledEngine> {
     }
 }
 
-fn serve<E: crate::storage::Engine>(mut node: Node<E>, stream: UnixStream) -> anyhow::Result<()> {
-    let mut out = stream.try_clone()?;
+/// The apply loop's progress, read by the reader thread to answer pings.
+struct Progress {
+    epoch: Instant,
+    batches: AtomicU64,
+    /// Milliseconds since `epoch`, plus one, at which the current batch started; 0 when idle.
+    busy_since: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { epoch: Instant::now(), batches: AtomicU64::new(0), busy_since: AtomicU64::new(0) }
+    }
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+    fn start(&self) {
+        self.busy_since.store(self.now(), Ordering::SeqCst);
+    }
+    fn done(&self) {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.busy_since.store(0, Ordering::SeqCst);
+    }
+    fn pong(&self) -> WorkerResponse {
+        let since = self.busy_since.load(Ordering::SeqCst);
+        let busy_ms = if since == 0 { 0 } else { self.now().saturating_sub(since) };
+        WorkerResponse::Pong { batches: self.batches.load(Ordering::SeqCst), busy_ms }
+    }
+}
+
+/// Bytes of requests held by the worker: the reader takes before queueing, the loop gives
+/// back once a batch is done. One request is always let in, however large.
+struct ByteBudget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+impl ByteBudget {
+    fn take(&self, n: usize) {
+        let mut used = self.used.lock().expect("budget lock");
+        while *used > 0 && *used + n > self.limit {
+            used = self.freed.wait(used).expect("budget lock");
+        }
+        *used += n;
+    }
+    fn give(&self, n: usize) {
+        *self.used.lock().expect("budget lock") -= n;
+        self.freed.notify_all();
+    }
+}
+
+struct Queued {
+    frame: Frame<WorkerRequest>,
+    /// Size of the frame's body, for the byte limits.
+    bytes: usize,
+}
+
+/// Serves chd on `stream` until chd closes it or asks for a shutdown (`Ok`), or until a
+/// failure that must end the process (`Err`; the caller exits with its status at once).
+pub fn serve<E: Engine>(
+    node: Node<E>,
+    stream: UnixStream,
+    disk: Box<dyn FreeSpace>,
+    reserve: u64,
+) -> Result<(), Fatal> {
+    let link = |e: io::Error| Fatal { failure: Failure::Io, why: format!("socket to chd: {e}") };
+    let out = Arc::new(Mutex::new(stream.try_clone().map_err(link)?));
+    let mut worker = Worker { node, disk, reserve };
     let hello = WorkerHello {
         pid: std::process::id(),
-        identity: node.identity()?,
-        rebuild_pending: node.rebuild_pending()?,
-        max_version: node.max_version(),
-        live_keys: node.live_keys(),
+        identity: worker.node.identity().map_err(|e| Fatal::storage("reading the node identity", &e))?,
+        rebuild_pending: worker.node.rebuild_pending().map_err(|e| Fatal::storage("reading the node state", &e))?,
+        max_version: worker.node.max_version(),
+        live_keys: worker.node.live_keys(),
     };
-    proto_write(&mut out, &[Frame { id: 0, msg: WorkerResponse::Hello(hello) }])?;
+    proto_write(&out, &[Frame { id: 0, msg: WorkerResponse::Hello(hello) }]).map_err(link)?;
 
-    let (tx, rx) = mpsc::sync_channel::<Frame<WorkerRequest>>(4 * MAX_BATCH);
-    std::thread::Builder::new().name("reader".into()).spawn(move || {
-        let mut input = stream;
-        // Ends (dropping `tx`) on EOF or on any bad frame: chd is gone or broken, either way
-        // the worker should stop.
-        while let Ok(Some(body)) = read_frame(&mut input, MAX_WORKER_FRAME) {
-            let Ok(frame) = decode_body::<Frame<WorkerRequest>>(&body) else { break };
-            if tx.send(frame).is_err() {
-                break;
-            }
-        }
-    })?;
+    let progress = Arc::new(Progress::new());
+    let budget = Arc::new(ByteBudget { used: Mutex::new(0), freed: Condvar::new(), limit: MAX_QUEUED_BYTES });
+    // Set by the reader when it stops on a frame it cannot read, before the queue closes.
+    let bad_frame: Arc<Mutex<Option<String>>> = Arc::default();
+    let (tx, rx) = mpsc::sync_channel::<Queued>(4 * MAX_BATCH);
+    {
+        let (out, progress, budget, bad_frame) = (out.clone(), progress.clone(), budget.clone(), bad_frame.clone());
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                if let Err(why) = read_requests(stream, &out, &progress, &budget, &tx) {
+                    *bad_frame.lock().expect("bad_frame lock") = Some(why);
+                }
+            })
+            .map_err(link)?;
+    }
 
-    let mut replies = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+    let mut carry: Option<Queued> = None;
+    while let Some((batch, bytes)) = next_batch(&rx, &mut carry) {
+        progress.start();
+        let done = match worker.apply_batch(batch, &progress) {
+            Ok(done) => done,
+            Err(fatal) => {
+                // No reply: the batch's writes were not acknowledged. The engine is not dropped:
+                // sled's drop flushes, and on a failed disk that can hang.
+                std::mem::forget(worker);
+                return Err(fatal);
             }
-        }
-        let mut dirty = false;
-        let mut shutdown = false;
-        for Frame { id, msg } in batch {
-            let (reply, wrote) = match apply(&mut node, msg) {
-                Ok(Applied::Reply(r, wrote)) => (r, wrote),
-                Ok(Applied::Shutdown) => {
-                    shutdown = true;
-                    (WorkerResponse::Done, false)
-                }
-                // A storage error leaves the database in an unknown state: stop, and let chd
-                // respawn us and repair this node from its replicas.
-                Err(e) => {
-                    eprintln!("chd worker: storage error: {e}");
-                    std::process::exit(1);
-                }
-            };
-            dirty |= wrote;
-            replies.push(Frame { id, msg: reply });
-        }
-        if dirty {
-            if let Err(e) = node.sync() {
-                eprintln!("chd worker: sync failed, exiting: {e}");
-                std::process::exit(1);
-            }
-        }
-        proto_write(&mut out, &replies)?;
-        replies.clear();
-        if shutdown {
+        };
+        progress.done();
+        budget.give(bytes);
+        proto_write(&out, &done.replies).map_err(link)?;
+        if done.shutdown {
             break;
         }
     }
-    node.sync()?;
-    Ok(())
+    if let Err(e) = worker.node.sync() {
+        let fatal = Fatal::storage("final sync", &e);
+        std::mem::forget(worker);
+        return Err(fatal);
+    }
+    let bad_frame = bad_frame.lock().expect("bad_frame lock").take();
+    match bad_frame {
+        Some(why) => Err(Fatal { failure: Failure::Io, why }),
+        None => Ok(()),
+    }
+}
+
+/// The next batch: waits for one request, then takes what else has arrived, up to
+/// [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`] (a request that would pass the byte limit
+/// waits in `carry` for the next batch). `None` once the reader is gone and all is taken.
+fn next_batch(rx: &mpsc::Receiver<Queued>, carry: &mut Option<Queued>) -> Option<(Vec<Frame<WorkerRequest>>, usize)> {
+    let first = match carry.take() {
+        Some(q) => q,
+        None => rx.recv().ok()?,
+    };
+    let mut bytes = first.bytes;
+    let mut batch = vec![first.frame];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(q) if bytes + q.bytes > MAX_BATCH_BYTES => {
+                *carry = Some(q);
+                break;
+            }
+            Ok(q) => {
+                bytes += q.bytes;
+                batch.push(q.frame);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((batch, bytes))
+}
+
+/// The reader thread: answers pings, queues everything else. Returns `Ok` at the end of the
+/// stream (chd closed it) or when the apply loop is gone, `Err` with a reason on a frame it
+/// cannot read (too large, truncated, undecodable): the worker must not go on, and must not
+/// look like it ended cleanly either.
+fn read_requests(
+    mut input: UnixStream,
+    out: &Mutex<UnixStream>,
+    progress: &Progress,
+    budget: &ByteBudget,
+    tx: &mpsc::SyncSender<Queued>,
+) -> Result<(), String> {
+    loop {
+        let body = match read_frame(&mut input, MAX_WORKER_FRAME) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("cannot read a request frame from chd: {e}")),
+        };
+        let frame = decode_body::<Frame<WorkerRequest>>(&body)
+            .map_err(|e| format!("undecodable request frame of {} bytes from chd: {e}", body.len()))?;
+        if frame.msg == WorkerRequest::Ping {
+            // If the socket is broken, the apply loop will find out on its next reply.
+            let _ = proto_write(out, &[Frame { id: frame.id, msg: progress.pong() }]);
+            continue;
+        }
+        budget.take(body.len());
+        if tx.send(Queued { frame, bytes: body.len() }).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// A node's database plus what the apply loop needs to decide about writes.
+struct Worker<E> {
+    node: Node<E>,
+    disk: Box<dyn FreeSpace>,
+    reserve: u64,
+}
+
+struct BatchDone {
+    replies: Vec<Frame<WorkerResponse>>,
+    shutdown: bool,
+}
+
+impl<E: Engine> Worker<E> {
+    /// Applies a batch in order and syncs it if anything was written. The writes of a batch are
+    /// all refused together when the disk lacks space for them.
+    fn apply_batch(&mut self, batch: Vec<Frame<WorkerRequest>>, progress: &Progress) -> Result<BatchDone, Fatal> {
+        let writes: Option<u64> = batch.iter().filter_map(|f| disk::write_bytes(&f.msg)).reduce(|a, b| a + b);
+        let refusal = match writes {
+            None => None,
+            Some(w) => match self.disk.free_bytes() {
+                Ok(free) => disk::check(free, self.reserve, w).err(),
+                // Cannot tell: let the write try; sled reports a real problem itself.
+                Err(e) => {
+                    eprintln!("chd worker: cannot check free disk space: {e}");
+                    None
+                }
+            },
+        };
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut dirty = false;
+        let mut shutdown = false;
+        for Frame { id, msg } in batch {
+            let reply = match (refusal, disk::write_bytes(&msg)) {
+                (Some(r), Some(_)) => WorkerResponse::DiskFull { free: r.free, needed: r.needed },
+                _ => match apply(&mut self.node, msg, progress).map_err(|e| Fatal::storage("storage error", &e))? {
+                    Applied::Reply(r, wrote) => {
+                        dirty |= wrote;
+                        r
+                    }
+                    Applied::Shutdown => {
+                        shutdown = true;
+                        WorkerResponse::Done
+                    }
+                },
+            };
+            replies.push(Frame { id, msg: reply });
+        }
+        if dirty {
+            self.node.sync().map_err(|e| Fatal::storage("sync failed", &e))?;
+        }
+        Ok(BatchDone { replies, shutdown })
+    }
 }
 
 enum Applied {
@@ -178,12 +447,13 @@ enum Applied {
     Shutdown,
 }
 
-fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> io::Result<Applied> {
+fn apply<E: Engine>(node: &mut Node<E>, req: WorkerRequest, progress: &Progress) -> io::Result<Applied> {
     use WorkerResponse as R;
     let reply = match req {
         WorkerRequest::Put { key, record } => (R::Stored(node.put(&key, &record)?), true),
         WorkerRequest::Get { key } => (R::Record(node.get(&key)?), false),
-        WorkerRequest::Ping => (R::Pong, false),
+        // The reader answers pings; one reaching the loop is answered the same way.
+        WorkerRequest::Ping => (progress.pong(), false),
         WorkerRequest::Stats => (R::Stats { live_keys: node.live_keys(), bytes: node.size_on_disk() }, false),
         WorkerRequest::Digests { partitions } => {
             let d = partitions.iter().map(|&p| node.digest(p)).collect::<io::Result<_>>()?;
@@ -194,7 +464,8 @@ fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> i
             // Long keys: cut the page short to stay under the frame limit; the caller pages on.
             let mut bytes = 0;
             if let Some(cut) = page.iter().position(|(k, _)| {
-                bytes += k.len() + 8;
+                // The key, its length, the version: under 16 bytes of framing.
+                bytes += k.len() + 16;
                 bytes > MAX_REPLY_BYTES
             }) {
                 page.truncate(cut.max(1));
@@ -205,12 +476,15 @@ fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> i
             let mut out = Vec::with_capacity(keys.len());
             let mut bytes = 0;
             for k in keys {
-                // Keep the answer under the frame limit; the caller asks again for the rest.
-                if bytes > MAX_REPLY_BYTES {
+                let r = node.get(&k)?;
+                // Postcard's framing of one entry (lengths, tags, version) is under 32 bytes.
+                let size = 32 + k.len() + r.as_ref().and_then(|r| r.value.as_ref()).map_or(0, Vec::len);
+                // Keep the answer under the frame limit; the caller asks again for the rest. The
+                // first entry always goes, so a maximal record still flows.
+                if !out.is_empty() && bytes + size > MAX_REPLY_BYTES {
                     break;
                 }
-                let r = node.get(&k)?;
-                bytes += k.len() + r.as_ref().and_then(|r| r.value.as_ref()).map_or(0, Vec::len);
+                bytes += size;
                 out.push((k, r));
             }
             (R::Records(out), false)
@@ -238,10 +512,441 @@ fn apply<E: crate::storage::Engine>(node: &mut Node<E>, req: WorkerRequest) -> i
 }
 
 /// Writes all frames with one syscall where possible: replies of a batch leave together.
-fn proto_write(out: &mut UnixStream, frames: &[Frame<WorkerResponse>]) -> io::Result<()> {
+/// The lock keeps a pong from landing inside a reply.
+fn proto_write(out: &Mutex<UnixStream>, frames: &[Frame<WorkerResponse>]) -> io::Result<()> {
     let mut buf = Vec::new();
     for f in frames {
         encode_frame(f, &mut buf);
     }
-    out.write_all(&buf)
+    out.lock().expect("output lock").write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+    use chd_data::proto::MAX_VALUE;
+    use chd_data::Record;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn classify_tells_a_full_disk_from_a_failing_one_from_a_damaged_database() {
+        assert_eq!(classify(&os(libc::ENOSPC)), Failure::DiskFull);
+        assert_eq!(classify(&os(libc::EDQUOT)), Failure::DiskFull);
+        assert_eq!(classify(&os(libc::EIO)), Failure::Io);
+        assert_eq!(classify(&os(libc::EACCES)), Failure::Io);
+        // sled hands out copies of a stored error that keep the kind but not the OS code.
+        assert_eq!(classify(&io::Error::new(io::ErrorKind::StorageFull, "Os { code: 28 }")), Failure::DiskFull);
+        assert_eq!(classify(&io::Error::new(io::ErrorKind::QuotaExceeded, "quota")), Failure::DiskFull);
+        // What the storage layer makes of sled's corruption reports and of undecodable records.
+        assert_eq!(classify(&io::Error::new(io::ErrorKind::InvalidData, "sled: corruption")), Failure::BadDatabase);
+        assert_eq!(classify(&io::Error::new(io::ErrorKind::UnexpectedEof, "short read")), Failure::BadDatabase);
+        // A held lock, and a wrapped OS error classified by what it wraps.
+        assert_eq!(classify(&io::Error::new(io::ErrorKind::WouldBlock, io::Error::other("lock"))), Failure::Busy);
+        assert_eq!(classify(&io::Error::other(os(libc::ENOSPC))), Failure::DiskFull);
+        assert_eq!(classify(&io::Error::other("something else")), Failure::Io);
+        let codes = [Failure::BadDatabase, Failure::Busy, Failure::DiskFull, Failure::Io].map(Failure::exit_code);
+        assert_eq!(codes, [EXIT_BAD_DATABASE, EXIT_DATABASE_BUSY, EXIT_DISK_FULL, EXIT_IO]);
+    }
+
+    #[test]
+    fn sled_reports_a_damaged_database_as_bad_and_a_held_lock_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = SledEngine::open(dir.path()).unwrap();
+            e.put(b"k", b"v").unwrap();
+            e.sync().unwrap();
+            assert_eq!(classify(&SledEngine::open(dir.path()).err().unwrap()), Failure::Busy);
+        }
+        // Every file overwritten with garbage: sled refuses the format.
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                let len = std::fs::metadata(&f).unwrap().len().max(64) as usize;
+                std::fs::write(&f, vec![0xa5; len]).unwrap();
+            }
+        }
+        let e = SledEngine::open(dir.path()).err().expect("garbage must not open");
+        assert_eq!(classify(&e), Failure::BadDatabase, "{e}");
+    }
+
+    /// Free space as a test sets it.
+    #[derive(Clone)]
+    struct FakeDisk(Arc<AtomicU64>);
+    impl FreeSpace for FakeDisk {
+        fn free_bytes(&self) -> io::Result<u64> {
+            Ok(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    const RESERVE: u64 = 16 << 20;
+
+    fn rec(version: u64, value: &[u8]) -> Record {
+        Record { version, value: Some(value.to_vec()) }
+    }
+
+    fn frames(reqs: Vec<WorkerRequest>) -> Vec<Frame<WorkerRequest>> {
+        reqs.into_iter().enumerate().map(|(i, msg)| Frame { id: i as u64 + 1, msg }).collect()
+    }
+
+    fn replies(done: BatchDone) -> Vec<WorkerResponse> {
+        done.replies.into_iter().map(|f| f.msg).collect()
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_and_still_answers_reads() {
+        let free = Arc::new(AtomicU64::new(1 << 30));
+        let node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let mut w = Worker { node, disk: Box::new(FakeDisk(free.clone())), reserve: RESERVE };
+        let progress = Progress::new();
+        let put = |k: &str, v: u64| WorkerRequest::Put { key: k.into(), record: rec(v, b"value") };
+        let get = |k: &str| WorkerRequest::Get { key: k.into() };
+        let r = replies(w.apply_batch(frames(vec![put("a", 1)]), &progress).unwrap());
+        assert_eq!(r, vec![WorkerResponse::Stored(true)]);
+
+        free.store(RESERVE + 100, Ordering::SeqCst);
+        let batch = vec![
+            put("b", 2),
+            get("a"),
+            WorkerRequest::PutMany { entries: vec![(b"c".to_vec(), rec(3, b"x"))] },
+            WorkerRequest::SetIdentity { node: 1, rebuild_pending: false },
+            WorkerRequest::DropPartition { partition: partition_of_key("zzz") },
+            get("b"),
+        ];
+        let needed = RESERVE + 2 * batch.iter().filter_map(disk::write_bytes).sum::<u64>();
+        let full = WorkerResponse::DiskFull { free: RESERVE + 100, needed };
+        let r = replies(w.apply_batch(frames(batch), &progress).unwrap());
+        assert_eq!(r[0], full);
+        assert_eq!(r[1], WorkerResponse::Record(Some(rec(1, b"value"))));
+        assert_eq!(r[2], full);
+        assert_eq!(r[3], full);
+        assert!(matches!(r[4], WorkerResponse::Count(_)), "dropping a partition frees space: allowed");
+        assert_eq!(r[5], WorkerResponse::Record(None), "a refused write writes nothing");
+        assert_eq!(w.node.identity().unwrap(), None);
+
+        // Space freed: writes go through again, with nothing else to do.
+        free.store(1 << 30, Ordering::SeqCst);
+        let r = replies(w.apply_batch(frames(vec![put("b", 2), get("b")]), &progress).unwrap());
+        assert_eq!(r, vec![WorkerResponse::Stored(true), WorkerResponse::Record(Some(rec(2, b"value")))]);
+    }
+
+    fn partition_of_key(k: &str) -> u32 {
+        chd_data::ring::partition_of(k.as_bytes(), 4)
+    }
+
+    #[test]
+    fn a_storage_error_is_fatal_with_its_class_and_no_reply() {
+        struct FullOnPut(MemoryEngine);
+        impl Engine for FullOnPut {
+            fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+                self.0.get(key)
+            }
+            fn put(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+                self.0.delete(key)
+            }
+            fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<crate::storage::Entry>> {
+                self.0.scan(from, to, limit)
+            }
+            fn sync(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn size_on_disk(&self) -> u64 {
+                0
+            }
+        }
+        let node = Node::open(FullOnPut(MemoryEngine::default()), 4).unwrap();
+        let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
+        let mut w = Worker { node, disk, reserve: RESERVE };
+        let batch = frames(vec![WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") }]);
+        let fatal = w.apply_batch(batch, &Progress::new()).err().expect("ENOSPC from the engine is fatal");
+        assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
+    }
+
+    fn queued(id: u64, bytes: usize) -> Queued {
+        Queued { frame: Frame { id, msg: WorkerRequest::Stats }, bytes }
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_bytes_but_always_takes_one_request() {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let big = MAX_BATCH_BYTES / 2 + 1;
+        for (id, bytes) in [(1, big), (2, big), (3, 10), (4, 2 * MAX_BATCH_BYTES), (5, 10)] {
+            tx.send(queued(id, bytes)).unwrap();
+        }
+        drop(tx);
+        let mut carry = None;
+        let mut ids = Vec::new();
+        while let Some((batch, bytes)) = next_batch(&rx, &mut carry) {
+            assert!(bytes <= MAX_BATCH_BYTES || batch.len() == 1);
+            ids.push(batch.iter().map(|f| f.id).collect::<Vec<_>>());
+        }
+        assert_eq!(ids, vec![vec![1], vec![2, 3], vec![4], vec![5]]);
+    }
+
+    #[test]
+    fn one_maximal_record_fits_a_worker_frame_both_ways() {
+        let key = vec![7u8; chd_data::proto::MAX_KEY];
+        let record = rec(u64::MAX, &vec![9u8; MAX_VALUE]);
+        let mut buf = Vec::new();
+        let req = WorkerRequest::PutMany { entries: vec![(key.clone(), record.clone())] };
+        encode_frame(&Frame { id: u64::MAX, msg: req }, &mut buf);
+        assert!(buf.len() - 4 <= MAX_WORKER_FRAME);
+
+        // GetMany's answer: just under the reply limit of small records, then a maximal one,
+        // which must still come back (alone if need be) and fit.
+        let mut node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let mut keys = Vec::new();
+        for i in 0..7u32 {
+            let k = format!("m-{i}").into_bytes();
+            node.put(&k, &rec(1, &vec![1u8; 1 << 20])).unwrap();
+            keys.push(k);
+        }
+        node.put(&key, &record).unwrap();
+        keys.push(key.clone());
+        let progress = Progress::new();
+        let mut got = Vec::new();
+        while !keys.is_empty() {
+            let Applied::Reply(WorkerResponse::Records(rs), false) =
+                apply(&mut node, WorkerRequest::GetMany { keys: keys.clone() }, &progress).unwrap()
+            else {
+                panic!("GetMany answers Records")
+            };
+            assert!(!rs.is_empty(), "GetMany must always make progress");
+            let mut buf = Vec::new();
+            encode_frame(&Frame { id: u64::MAX, msg: WorkerResponse::Records(rs.clone()) }, &mut buf);
+            assert!(buf.len() - 4 <= MAX_WORKER_FRAME, "{} bytes", buf.len());
+            keys.drain(..rs.len());
+            got.extend(rs);
+        }
+        assert_eq!(got.len(), 8);
+        assert_eq!(got[7].1.as_ref().unwrap().value.as_ref().unwrap().len(), MAX_VALUE);
+    }
+
+    /// A memory engine whose `sync` waits for the test to open a gate, to hold a batch open.
+    struct Gated {
+        inner: MemoryEngine,
+        entered: mpsc::Sender<()>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+    impl Engine for Gated {
+        fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+            self.inner.put(key, value)
+        }
+        fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+            self.inner.delete(key)
+        }
+        fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<crate::storage::Entry>> {
+            self.inner.scan(from, to, limit)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            let _ = self.entered.send(());
+            let (open, cv) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(())
+        }
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+    }
+
+    /// chd's side of a worker served on a thread of the test.
+    struct Chd {
+        stream: UnixStream,
+        worker: std::thread::JoinHandle<Result<(), Fatal>>,
+    }
+
+    impl Chd {
+        fn start<E: Engine + 'static>(engine: E) -> Chd {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let node = Node::open(engine, 4).unwrap();
+            let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
+            let worker = std::thread::spawn(move || serve(node, theirs, disk, RESERVE));
+            let mut chd = Chd { stream: ours, worker };
+            assert!(matches!(chd.recv(), Frame { id: 0, msg: WorkerResponse::Hello(_) }));
+            chd
+        }
+        fn send(&mut self, id: u64, msg: WorkerRequest) {
+            let mut buf = Vec::new();
+            encode_frame(&Frame { id, msg }, &mut buf);
+            self.stream.write_all(&buf).unwrap();
+        }
+        fn recv(&mut self) -> Frame<WorkerResponse> {
+            let body = read_frame(&mut self.stream, MAX_WORKER_FRAME).unwrap().expect("worker closed the socket");
+            decode_body(&body).unwrap()
+        }
+    }
+
+    #[test]
+    fn pings_are_answered_while_a_batch_is_stuck_in_sync() {
+        let (entered_tx, entered) = mpsc::channel();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let engine = Gated { inner: MemoryEngine::default(), entered: entered_tx, gate: gate.clone() };
+        let mut chd = Chd::start(engine);
+        chd.send(1, WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") });
+        entered.recv_timeout(Duration::from_secs(10)).expect("the batch reaches sync");
+        let held = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        chd.send(2, WorkerRequest::Ping);
+        let Frame { id: 2, msg: WorkerResponse::Pong { batches: 0, busy_ms } } = chd.recv() else {
+            panic!("a pong, with no batch completed, must come before the write's reply")
+        };
+        assert!(busy_ms >= 50 && busy_ms <= held.elapsed().as_millis() as u64 + 1, "busy_ms {busy_ms}");
+
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(chd.recv(), Frame { id: 1, msg: WorkerResponse::Stored(true) });
+        chd.send(3, WorkerRequest::Ping);
+        assert_eq!(chd.recv(), Frame { id: 3, msg: WorkerResponse::Pong { batches: 1, busy_ms: 0 } });
+        // Closing the socket ends the worker cleanly.
+        drop(chd.stream);
+        assert!(chd.worker.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_oversized_or_undecodable_frame_ends_the_worker_with_an_io_failure() {
+        let mut chd = Chd::start(MemoryEngine::default());
+        // A valid request before the bad frame is still answered.
+        chd.send(1, WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") });
+        assert_eq!(chd.recv().msg, WorkerResponse::Stored(true));
+        chd.stream.write_all(&((MAX_WORKER_FRAME + 1) as u32).to_be_bytes()).unwrap();
+        let fatal = chd.worker.join().unwrap().expect_err("an oversized frame is not a clean exit");
+        assert_eq!(fatal.failure, Failure::Io);
+        assert!(fatal.why.contains("cannot read a request frame"), "{}", fatal.why);
+
+        let mut chd = Chd::start(MemoryEngine::default());
+        chd.stream.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+        let fatal = chd.worker.join().unwrap().expect_err("an undecodable frame is not a clean exit");
+        assert_eq!(fatal.failure, Failure::Io);
+        assert!(fatal.why.contains("undecodable"), "{}", fatal.why);
+    }
+}
+
+/// The real sled on a real full filesystem (a tmpfs, so root only; skipped otherwise).
+#[cfg(test)]
+mod enospc_tests {
+    use super::*;
+    use chd_data::Record;
+    use std::process::Command;
+
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: not root, cannot mount a tmpfs");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("skipped: cannot mount a tmpfs");
+        }
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    struct Plenty;
+    impl FreeSpace for Plenty {
+        fn free_bytes(&self) -> io::Result<u64> {
+            Ok(u64::MAX)
+        }
+    }
+
+    /// What happens when the space check is passed and the disk fills anyway (another process
+    /// took the space): sled fails with ENOSPC, the worker stops with `DiskFull` (not
+    /// `BadDatabase`, so chd does not set the database aside), does not hang, does not answer
+    /// the failed batch, and every write it did answer is in the database.
+    fn enospc_case(value_len: usize) {
+        let outer = tempfile::tempdir().unwrap();
+        let Some(fs) = mount(&outer.path().join("mnt"), "4m") else { return };
+        let dir = fs.0.join("db");
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = Node::open(SledEngine::open(&dir).unwrap(), 4).unwrap();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let (done_tx, done) = mpsc::channel();
+        let mut stopped = None;
+        std::thread::spawn(move || {
+            let _ = done_tx.send(serve(node, theirs, Box::new(Plenty), 0));
+        });
+        read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("hello");
+        let mut acked = Vec::new();
+        for i in 0u32.. {
+            let key = format!("k{i}").into_bytes();
+            let record = Record { version: u64::from(i) + 1, value: Some(vec![i as u8; value_len]) };
+            let mut buf = Vec::new();
+            encode_frame(
+                &Frame { id: u64::from(i) + 1, msg: WorkerRequest::Put { key: key.clone(), record } },
+                &mut buf,
+            );
+            if ours.write_all(&buf).is_err() {
+                break;
+            }
+            // In this test the worker is a thread, whose socket stays open after it stops: wait
+            // for either its reply or its end.
+            let waited = Instant::now();
+            let reply = loop {
+                match read_frame(&mut ours, MAX_WORKER_FRAME) {
+                    Ok(Some(body)) => break Some(decode_body::<Frame<WorkerResponse>>(&body).unwrap()),
+                    Ok(None) => break None,
+                    Err(_) if stopped.is_none() => match done.try_recv() {
+                        Ok(r) => stopped = Some(r),
+                        Err(_) => assert!(
+                            waited.elapsed() < Duration::from_secs(20),
+                            "after {} acknowledged writes the worker neither answered nor stopped",
+                            acked.len()
+                        ),
+                    },
+                    Err(_) => break None,
+                }
+            };
+            let Some(f) = reply else { break };
+            assert_eq!(f.msg, WorkerResponse::Stored(true));
+            acked.push((key, i));
+            assert!(i < 10_000, "the disk never filled");
+        }
+        let fatal = stopped.expect("the worker stopped").expect_err("not a clean stop");
+        assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
+        assert!(!acked.is_empty());
+        // The database as a crash at this moment would leave it (the failed worker's sled still
+        // holds the lock here, so a copy is opened).
+        let copy = tempfile::tempdir().unwrap();
+        assert!(Command::new("cp").arg("-a").arg(&dir).arg(copy.path()).status().unwrap().success());
+        let node = Node::open(SledEngine::open(&copy.path().join("db")).unwrap(), 4).unwrap();
+        for (key, i) in &acked {
+            let r = node.get(key).unwrap().unwrap_or_else(|| panic!("acknowledged write {i} lost"));
+            assert_eq!(r.version, u64::from(*i) + 1);
+        }
+    }
+
+    #[test]
+    fn sled_out_of_space_with_small_values_stops_the_worker_as_disk_full() {
+        enospc_case(20_000);
+    }
+
+    #[test]
+    fn sled_out_of_space_with_blob_values_stops_the_worker_as_disk_full() {
+        enospc_case(300_000);
+    }
 }

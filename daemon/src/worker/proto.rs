@@ -30,10 +30,12 @@ pub struct Frame<T> {
 pub enum WorkerRequest {
     /// Store unless a record with an equal or higher version is there. Answered once durable.
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         record: Record,
     },
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Ping,
@@ -77,8 +79,18 @@ pub enum WorkerResponse {
     Hello(WorkerHello),
     Stored(bool),
     Record(Option<Record>),
-    Pong,
-    Stats { live_keys: u64, bytes: u64 },
+    /// Answered by the worker's reader thread even while a batch is being applied, so a slow
+    /// batch is not mistaken for a dead worker. `batches`: batches completed so far; `busy_ms`:
+    /// how long the current batch has been running (0 when idle). A hung worker shows a growing
+    /// `busy_ms` with `batches` unchanged.
+    Pong {
+        batches: u64,
+        busy_ms: u64,
+    },
+    Stats {
+        live_keys: u64,
+        bytes: u64,
+    },
     Digests(Vec<[u8; 32]>),
     Versions(Vec<(Vec<u8>, u64)>),
     Records(Vec<(Vec<u8>, Option<Record>)>),
@@ -87,4 +99,10 @@ pub enum WorkerResponse {
     Partitions(Vec<u32>),
     Done,
     Failed(String),
+    /// A write refused because the database's filesystem has less than `needed` bytes free
+    /// (`free` were); nothing of it was written. Reads keep working.
+    DiskFull {
+        free: u64,
+        needed: u64,
+    },
 }
