@@ -3,9 +3,13 @@
 //! Requests from many tasks are queued to one writer task, which coalesces whatever is queued
 //! into one write (a batch that the worker will apply under one sync). A reader task routes
 //! replies by id. When the worker dies its socket closes and every pending call fails at once.
+//!
+//! Each caller encodes its own request, so the writer does nothing but write, and a `Ping`
+//! goes on a queue of its own that the writer empties first: a health check waits for at most
+//! the one frame being written, never for the large writes queued before it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +38,12 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WorkerResponse>>>>;
 
 #[derive(Clone)]
 pub struct WorkerLink {
-    tx: mpsc::UnboundedSender<(WorkerRequest, oneshot::Sender<WorkerResponse>)>,
+    /// Encoded request frames.
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Encoded pings, written before anything waiting in `tx`.
+    ping_tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
 }
 
@@ -43,24 +52,30 @@ impl WorkerLink {
     /// returned receiver; `closed` fires when the worker's end of the socket closes.
     pub fn start(stream: UnixStream) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
         let (rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(WorkerRequest, oneshot::Sender<WorkerResponse>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (ping_tx, mut ping_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (hello_tx, hello_rx) = oneshot::channel();
         let (closed_tx, closed_rx) = oneshot::channel();
 
-        let writer_pending = pending.clone();
         tokio::spawn(async move {
-            let mut next_id = 1u64;
             let mut buf = Vec::new();
-            while let Some(first) = rx.recv().await {
-                let mut item = Some(first);
-                while let Some((req, reply)) = item.take() {
-                    writer_pending.lock().expect("pending lock").insert(next_id, reply);
-                    encode_frame(&Frame { id: next_id, msg: req }, &mut buf);
-                    next_id += 1;
-                    if buf.len() < (1 << 20) {
-                        item = rx.try_recv().ok();
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    Some(ping) = ping_rx.recv() => ping,
+                    Some(frame) = rx.recv() => frame,
+                    else => break,
+                };
+                buf.extend_from_slice(&first);
+                while let Ok(ping) = ping_rx.try_recv() {
+                    buf.extend_from_slice(&ping);
+                }
+                while buf.len() < (1 << 20) {
+                    match rx.try_recv() {
+                        Ok(frame) => buf.extend_from_slice(&frame),
+                        Err(_) => break,
                     }
                 }
                 if wr.write_all(&buf).await.is_err() {
@@ -70,8 +85,9 @@ impl WorkerLink {
             }
         });
 
-        let reader_closed = closed.clone();
+        let (reader_closed, reader_pending) = (closed.clone(), pending.clone());
         tokio::spawn(async move {
+            let pending = reader_pending;
             let mut rd = rd;
             let mut hello_tx = Some(hello_tx);
             while let Ok(Some(body)) = read_frame(&mut rd, MAX_WORKER_FRAME).await {
@@ -95,7 +111,8 @@ impl WorkerLink {
             let _ = closed_tx.send(());
         });
 
-        (WorkerLink { tx, closed }, hello_rx, closed_rx)
+        let link = WorkerLink { tx, ping_tx, pending, next_id: Arc::new(AtomicU64::new(1)), closed };
+        (link, hello_rx, closed_rx)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -107,7 +124,22 @@ impl WorkerLink {
             return Err(LinkError::Closed);
         }
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send((req, reply_tx)).map_err(|_| LinkError::Closed)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ping = req == WorkerRequest::Ping;
+        let mut frame = Vec::new();
+        encode_frame(&Frame { id, msg: req }, &mut frame);
+        self.pending.lock().expect("pending lock").insert(id, reply_tx);
+        // The reader sets `closed` before it fails what is pending: a call registered after that
+        // must fail here rather than wait for its timeout.
+        if self.is_closed() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(LinkError::Closed);
+        }
+        let queue = if ping { &self.ping_tx } else { &self.tx };
+        if queue.send(frame).is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(LinkError::Closed);
+        }
         match tokio::time::timeout(timeout, reply_rx).await {
             Err(_) => Err(LinkError::Timeout(timeout)),
             Ok(Err(_)) => Err(LinkError::Closed),
