@@ -132,13 +132,14 @@ impl Coordinator {
         let mut calls = JoinSet::new();
         // Encoded once and shared by every replica's link.
         let req = link::encode(&WorkerRequest::Put { key: key.to_vec(), record: record.clone() });
+        let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
                 continue;
             }
             let Some(link) = x.link else { continue };
             let req = req.clone();
-            calls.spawn(async move { (x.id, link.call_encoded(req, CALL_TIMEOUT).await) });
+            calls.spawn(async move { (x.id, link.call_encoded(req, timeout).await) });
         }
         drop(req);
         let mut disk_full = None;
@@ -164,6 +165,13 @@ impl Coordinator {
             None => Err(Error::Unavailable { needed: w as u32, got: weakest(&have) as u32 }),
         }
     }
+}
+
+/// How long a replica may take to store a write of `bytes`: [`CALL_TIMEOUT`], plus time to
+/// move and sync a large value at a slow disk's pace (10 MB/s), so that a 32 MiB write on a
+/// busy disk is not counted as a failed replica.
+fn put_timeout(bytes: usize) -> Duration {
+    CALL_TIMEOUT + Duration::from_secs_f64(bytes as f64 / 10e6)
 }
 
 async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {
