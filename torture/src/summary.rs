@@ -146,8 +146,11 @@ pub struct OneDown {
 
 pub fn one_down_errors(ops: &[Op], faults: &[FaultRecord], run_end: f64) -> OneDown {
     let windows = one_down_windows(faults, run_end);
-    let mut r =
-        OneDown { windows: windows.len(), seconds: windows.iter().map(|(s, e, _)| e - s).sum(), ..OneDown::default() };
+    let mut r = OneDown {
+        windows: windows.len(),
+        seconds: windows.iter().map(|(s, e, _)| e - s).fold(0.0, |a, b| a + b),
+        ..OneDown::default()
+    };
     for op in ops {
         let Some(&(_, _, i)) = windows.iter().find(|(s, e, _)| op.start >= *s && op.start < *e) else { continue };
         r.ops += 1;
