@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chd_data::proto::{Request, Response};
 
-use crate::client::Client;
+use chd_client::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {

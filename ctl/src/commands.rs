@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use chd_data::proto::{Change, PlanReport, Request, Response, StatusReport};
 
-use crate::client::Client;
 use crate::{Command, NodeCommand};
+use chd_client::Client;
 
 pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
     if let Command::Bench(args) = command {

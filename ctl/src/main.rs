@@ -1,7 +1,6 @@
 //! chctl: the command-line client of chd.
 
 mod bench;
-mod client;
 mod commands;
 mod progress;
 

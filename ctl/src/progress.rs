@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chd_data::proto::{NodeProgress, NodeState, Request, Response};
 
-use crate::client::Client;
+use chd_client::Client;
 
 pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use crate::cluster::{Cluster, Replica};
 use crate::layout::Placement;
 use crate::versions::Versions;
-use crate::worker::link::WorkerLink;
+use crate::worker::link::{self, LinkError, WorkerLink};
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
 /// How long one replica may take to answer before it is counted as failed for this request.
@@ -130,28 +130,48 @@ impl Coordinator {
             return Ok(());
         }
         let mut calls = JoinSet::new();
+        // Encoded once and shared by every replica's link.
+        let req = link::encode(&WorkerRequest::Put { key: key.to_vec(), record: record.clone() });
+        let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
                 continue;
             }
             let Some(link) = x.link else { continue };
-            let req = WorkerRequest::Put { key: key.to_vec(), record: record.clone() };
-            calls.spawn(async move { (x.id, link.call(req, CALL_TIMEOUT).await) });
+            let req = req.clone();
+            calls.spawn(async move { (x.id, link.call_encoded(req, timeout).await) });
         }
+        drop(req);
+        let mut disk_full = None;
         while let Some(joined) = calls.join_next().await {
-            // Stored(false) means the replica already had this version or a newer one: on disk
-            // there all the same.
-            if let Ok((id, Ok(WorkerResponse::Stored(_)))) = joined {
-                have.push(id);
-                if weakest(&have) >= w {
-                    // The other replicas still get the write; chd only stops waiting for them.
-                    calls.detach_all();
-                    return Ok(());
+            match joined {
+                // Stored(false) means the replica already had this version or a newer one: on
+                // disk there all the same.
+                Ok((id, Ok(WorkerResponse::Stored(_)))) => {
+                    have.push(id);
+                    if weakest(&have) >= w {
+                        // The other replicas still get the write; chd only stops waiting for them.
+                        calls.detach_all();
+                        return Ok(());
+                    }
                 }
+                Ok((id, Err(e @ LinkError::DiskFull { .. }))) => disk_full = Some(format!("node {id}: {e}")),
+                _ => {}
             }
         }
-        Err(Error::Unavailable { needed: w as u32, got: weakest(&have) as u32 })
+        // A full disk is the operator's to fix, not a reason to retry: say so.
+        match disk_full {
+            Some(why) => Err(Error::DiskFull(why)),
+            None => Err(Error::Unavailable { needed: w as u32, got: weakest(&have) as u32 }),
+        }
     }
+}
+
+/// How long a replica may take to store a write of `bytes`: [`CALL_TIMEOUT`], plus time to
+/// move and sync a large value at a slow disk's pace (10 MB/s), so that a 32 MiB write on a
+/// busy disk is not counted as a failed replica.
+fn put_timeout(bytes: usize) -> Duration {
+    CALL_TIMEOUT + Duration::from_secs_f64(bytes as f64 / 10e6)
 }
 
 async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {

@@ -64,10 +64,6 @@ fn quarantined(chd: &Chd) -> usize {
 }
 
 #[test]
-// What is missing: chd's coordinator maps a worker's `DiskFull` refusal (LinkError::DiskFull)
-// to "not enough replicas answered" instead of chd_data::Error::DiskFull, so chctl does not
-// say "disk full" yet. Everything else this test checks passes with the worker alone.
-#[ignore = "needs chd to report Error::DiskFull to clients (coordinator)"]
 fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
     let outer = tempfile::tempdir().unwrap();
     let mnt = outer.path().join("mnt");

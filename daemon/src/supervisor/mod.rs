@@ -59,8 +59,12 @@ use spawn::{Spawned, Spawner};
 
 /// How often chd pings each worker.
 pub const PING_EVERY: Duration = Duration::from_millis(500);
-/// A worker that has not answered a ping for this long is hung: killed and respawned.
+/// A worker that has not answered a ping for this long is hung (stopped, or its process is
+/// stuck): killed and respawned.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A worker whose current batch has made no progress for this long is hung too. Generous: a
+/// batch of large values on a slow disk is work, not a hang.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a new worker may take to open its database.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a worker may take to flush and exit on shutdown before it is killed.
@@ -366,9 +370,21 @@ impl Keeper {
         let pinger = {
             let (link, tx) = (link.clone(), self.events_tx.clone());
             tokio::spawn(async move {
+                let mut last_batches = None;
                 loop {
                     tokio::time::sleep(PING_EVERY).await;
                     match link.call(WorkerRequest::Ping, HEALTH_TIMEOUT).await {
+                        // The worker's reader thread answers pings even while a batch runs, so
+                        // a large write is not mistaken for a hang; a batch that makes no
+                        // progress for STALL_TIMEOUT is one.
+                        Ok(WorkerResponse::Pong { batches, busy_ms }) => {
+                            if busy_ms > STALL_TIMEOUT.as_millis() as u64 && last_batches == Some(batches) {
+                                warn!(node = id, busy_ms, "worker made no progress on its batch");
+                                let _ = tx.send(Event::Hung { generation });
+                                return;
+                            }
+                            last_batches = Some(batches);
+                        }
                         Ok(_) => {}
                         Err(LinkError::Timeout(_)) => {
                             let _ = tx.send(Event::Hung { generation });

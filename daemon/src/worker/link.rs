@@ -3,6 +3,15 @@
 //! Requests from many tasks are queued to one writer task, which coalesces whatever is queued
 //! into one write (a batch that the worker will apply under one sync). A reader task routes
 //! replies by id. When the worker dies its socket closes and every pending call fails at once.
+//!
+//! Memory is bounded: a request holds a share of [`MAX_QUEUED_BYTES`] from the moment it is
+//! queued until the writer has handed it to the socket, so a worker that stops reading (hung,
+//! stopped) makes callers wait and time out instead of piling up values in chd. A write to R
+//! replicas is encoded once and shared ([`WorkerLink::call_encoded`]): a 32 MiB value costs
+//! chd one copy, not one per replica.
+//!
+//! A `Ping` goes on a queue of its own that the writer empties first: a health check waits for
+//! at most the frame being written, never for the large writes queued before it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +21,7 @@ use std::time::Duration;
 use chd_data::proto::encode_frame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::proto::{Frame, WorkerHello, WorkerRequest, WorkerResponse, MAX_WORKER_FRAME};
 use crate::frame::read_frame;
@@ -32,10 +41,39 @@ pub enum LinkError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<WorkerResponse>>>>;
 
+/// Bytes of requests queued on one link and not yet written to its socket.
+pub const MAX_QUEUED_BYTES: usize = 128 << 20;
+/// Frames larger than this are written from their own buffer instead of being copied into the
+/// writer's batch.
+const COPY_LIMIT: usize = 256 << 10;
+
+/// A request's message, as is or already encoded (postcard of a [`WorkerRequest`]).
+enum Msg {
+    Plain(WorkerRequest),
+    Encoded(Arc<[u8]>),
+}
+
+struct Queued {
+    msg: Msg,
+    reply: oneshot::Sender<WorkerResponse>,
+    /// Its share of [`MAX_QUEUED_BYTES`], given back once written (none for a ping: a health
+    /// check never waits for room behind queued writes).
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
 #[derive(Clone)]
 pub struct WorkerLink {
-    tx: mpsc::UnboundedSender<(WorkerRequest, oneshot::Sender<WorkerResponse>)>,
+    tx: mpsc::UnboundedSender<Queued>,
+    /// Pings, written before anything waiting in `tx`.
+    ping_tx: mpsc::UnboundedSender<Queued>,
     closed: Arc<AtomicBool>,
+    /// In KiB: a semaphore takes at most u32::MAX permits at once.
+    queued_kib: Arc<Semaphore>,
+}
+
+/// Encodes a request once, to send it to several workers with [`WorkerLink::call_encoded`].
+pub fn encode(req: &WorkerRequest) -> Arc<[u8]> {
+    postcard::to_allocvec(req).expect("postcard to Vec").into()
 }
 
 impl WorkerLink {
@@ -43,7 +81,8 @@ impl WorkerLink {
     /// returned receiver; `closed` fires when the worker's end of the socket closes.
     pub fn start(stream: UnixStream) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
         let (rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(WorkerRequest, oneshot::Sender<WorkerResponse>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+        let (ping_tx, mut ping_rx) = mpsc::unbounded_channel::<Queued>();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (hello_tx, hello_rx) = oneshot::channel();
@@ -53,13 +92,39 @@ impl WorkerLink {
         tokio::spawn(async move {
             let mut next_id = 1u64;
             let mut buf = Vec::new();
-            while let Some(first) = rx.recv().await {
+            // Written after `buf`: large pre-encoded messages, each with its frame header.
+            let mut large: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
+            let mut permits = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    Some(ping) = ping_rx.recv() => ping,
+                    Some(q) = rx.recv() => q,
+                    else => break,
+                };
                 let mut item = Some(first);
-                while let Some((req, reply)) = item.take() {
+                while let Some(Queued { msg, reply, _bytes }) = item.take() {
                     writer_pending.lock().expect("pending lock").insert(next_id, reply);
-                    encode_frame(&Frame { id: next_id, msg: req }, &mut buf);
+                    match msg {
+                        Msg::Plain(req) => encode_frame(&Frame { id: next_id, msg: req }, &mut buf),
+                        // A frame body is the id (postcard varint) then the message.
+                        Msg::Encoded(body) => {
+                            let id = postcard::to_allocvec(&next_id).expect("postcard to Vec");
+                            let mut header = ((id.len() + body.len()) as u32).to_be_bytes().to_vec();
+                            header.extend_from_slice(&id);
+                            if body.len() <= COPY_LIMIT && large.is_empty() {
+                                buf.extend_from_slice(&header);
+                                buf.extend_from_slice(&body);
+                            } else {
+                                large.push((header, body));
+                            }
+                        }
+                    }
+                    permits.push(_bytes);
                     next_id += 1;
-                    if buf.len() < (1 << 20) {
+                    if let Ok(ping) = ping_rx.try_recv() {
+                        item = Some(ping);
+                    } else if buf.len() < (1 << 20) && large.is_empty() {
                         item = rx.try_recv().ok();
                     }
                 }
@@ -67,6 +132,12 @@ impl WorkerLink {
                     break;
                 }
                 buf.clear();
+                for (header, body) in large.drain(..) {
+                    if wr.write_all(&header).await.is_err() || wr.write_all(&body).await.is_err() {
+                        return;
+                    }
+                }
+                permits.clear();
             }
         });
 
@@ -95,7 +166,8 @@ impl WorkerLink {
             let _ = closed_tx.send(());
         });
 
-        (WorkerLink { tx, closed }, hello_rx, closed_rx)
+        let queued_kib = Arc::new(Semaphore::new(MAX_QUEUED_BYTES >> 10));
+        (WorkerLink { tx, ping_tx, closed, queued_kib }, hello_rx, closed_rx)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -103,12 +175,37 @@ impl WorkerLink {
     }
 
     pub async fn call(&self, req: WorkerRequest, timeout: Duration) -> Result<WorkerResponse, LinkError> {
+        let size = req.approx_bytes();
+        self.send(Msg::Plain(req), size, timeout).await
+    }
+
+    /// Like [`WorkerLink::call`] for a request already encoded with [`encode`], shared with
+    /// the other replicas it goes to.
+    pub async fn call_encoded(&self, req: Arc<[u8]>, timeout: Duration) -> Result<WorkerResponse, LinkError> {
+        let size = req.len();
+        self.send(Msg::Encoded(req), size, timeout).await
+    }
+
+    async fn send(&self, msg: Msg, size: usize, timeout: Duration) -> Result<WorkerResponse, LinkError> {
         if self.is_closed() {
             return Err(LinkError::Closed);
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ping = matches!(msg, Msg::Plain(WorkerRequest::Ping));
+        let kib = (size >> 10).clamp(1, MAX_QUEUED_BYTES >> 10) as u32;
+        let bytes = if ping {
+            None
+        } else {
+            match tokio::time::timeout_at(deadline, self.queued_kib.clone().acquire_many_owned(kib)).await {
+                Err(_) => return Err(LinkError::Timeout(timeout)),
+                Ok(Err(_)) => return Err(LinkError::Closed),
+                Ok(Ok(p)) => Some(p),
+            }
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send((req, reply_tx)).map_err(|_| LinkError::Closed)?;
-        match tokio::time::timeout(timeout, reply_rx).await {
+        let queue = if ping { &self.ping_tx } else { &self.tx };
+        queue.send(Queued { msg, reply: reply_tx, _bytes: bytes }).map_err(|_| LinkError::Closed)?;
+        match tokio::time::timeout_at(deadline, reply_rx).await {
             Err(_) => Err(LinkError::Timeout(timeout)),
             Ok(Err(_)) => Err(LinkError::Closed),
             Ok(Ok(WorkerResponse::Failed(e))) => Err(LinkError::Failed(e)),

@@ -106,3 +106,17 @@ pub enum WorkerResponse {
         needed: u64,
     },
 }
+
+impl WorkerRequest {
+    /// Roughly the bytes this request occupies encoded: its keys and values.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            WorkerRequest::Put { key, record } => key.len() + record.value.as_ref().map_or(0, Vec::len) + 16,
+            WorkerRequest::PutMany { entries } => {
+                entries.iter().map(|(k, r)| k.len() + r.value.as_ref().map_or(0, Vec::len) + 16).sum()
+            }
+            WorkerRequest::GetMany { keys } => keys.iter().map(|k| k.len() + 4).sum(),
+            _ => 64,
+        }
+    }
+}
