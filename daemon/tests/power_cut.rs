@@ -25,18 +25,24 @@
 //! Needs root (FUSE); skips with a message otherwise. `CHD_POWER_CUTS`, `CHD_POWER_CUT_SEED`
 //! and `CHD_POWER_CUT_MAX_VALUE` override the number of cuts, the seed and the largest value.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chd_client::{CallError, Client};
 use chd_data::proto::{NodeState, Request, Response, StatusReport};
 use chd_lazyfs::LazyFs;
 use chd_torture::history::{Kind, Op};
-use common::{Client, CHD};
+
+const CHD: &str = env!("CARGO_BIN_EXE_chd");
+/// No single request should take this long; a hung chd fails the test instead of hanging it.
+const OP_DEADLINE: Duration = Duration::from_secs(60);
+
+fn connect(socket: &Path) -> anyhow::Result<Client> {
+    Client::connect_with(socket, "power_cut test", Some(OP_DEADLINE))
+}
 
 /// Cuts per run: enough to land in every part of the write path several times, few enough for
 /// about three minutes on two cores.
@@ -201,8 +207,8 @@ impl Cluster {
     }
 
     fn status(&self) -> Option<StatusReport> {
-        match Client::connect(&self.socket).ok()?.call(Request::Status) {
-            Ok(Ok(Response::Status(s))) => Some(s),
+        match connect(&self.socket).ok()?.call(Request::Status) {
+            Ok(Response::Status(s)) => Some(s),
             _ => None,
         }
     }
@@ -238,7 +244,7 @@ impl Cluster {
                 findings.push(format!("{when}: {} quarantined: {names:?}", self.name));
             }
         }
-        let mut client = match Client::connect(&self.socket) {
+        let mut client = match connect(&self.socket) {
             Ok(c) => c,
             Err(e) => {
                 findings.push(format!("{when}: cannot connect to {}: {e}", self.name));
@@ -250,7 +256,7 @@ impl Cluster {
             let mut model = model.lock().unwrap();
             let start = history.now();
             let got = match client.call(Request::Get { key: key.clone().into_bytes() }) {
-                Ok(Ok(Response::Value(v))) => v.map(|v| hash(&v)),
+                Ok(Response::Value(v)) => v.map(|v| hash(&v)),
                 other => {
                     findings.push(format!("{when}: get {key} failed: {other:?}"));
                     continue;
@@ -309,7 +315,7 @@ impl Load {
                     let mut client = None;
                     while !stop.load(Ordering::SeqCst) {
                         let Some(c) = client.as_mut() else {
-                            client = Client::connect(&socket).ok();
+                            client = connect(&socket).ok();
                             if client.is_none() {
                                 if !retry_connect {
                                     break;
@@ -327,7 +333,7 @@ impl Load {
                         model.lock().unwrap().writes.push(Write { hash: h.clone(), size });
                         let start = history.now();
                         let r = c.call(Request::Set { key: key.clone().into_bytes(), value: v });
-                        let ok = matches!(r, Ok(Ok(Response::Done)));
+                        let ok = matches!(r, Ok(Response::Done));
                         history.push(Op {
                             key: key.clone(),
                             op: Kind::Write,
@@ -344,7 +350,7 @@ impl Load {
                         } else {
                             n.unknown += 1;
                         }
-                        if r.is_err() {
+                        if matches!(r, Err(CallError::Io(_))) {
                             // The connection is gone (the cut); the outcome stays unknown.
                             client = None;
                             if !retry_connect {
@@ -393,6 +399,7 @@ fn change_membership(cluster: &Cluster, status: &StatusReport) -> std::thread::J
     };
     let socket = cluster.socket.clone();
     std::thread::spawn(move || {
+        // No deadline: the request lasts until the new node is up, or the cut.
         if let Ok(mut c) = Client::connect(&socket) {
             let _ = c.call(request);
         }
@@ -475,8 +482,8 @@ fn acknowledged_writes_survive_power_cuts() {
                 // every write goes to all R replicas (a cut may have left some on W only, and
                 // may have interrupted the startup repair that heals that), so that losing one
                 // directory is one fault, which R=3, W=2 must survive.
-                let repaired = Client::connect(&main.socket).ok().map(|mut c| c.call(Request::Repair));
-                if !matches!(repaired, Some(Ok(Ok(Response::Repair(_))))) {
+                let repaired = connect(&main.socket).map_err(CallError::Io).and_then(|mut c| c.call(Request::Repair));
+                if !matches!(repaired, Ok(Response::Repair(_))) {
                     findings.push(format!("before cut {round}: repair failed: {repaired:?}"));
                     break;
                 }
@@ -543,6 +550,13 @@ fn acknowledged_writes_survive_power_cuts() {
         chd_torture::history::write(&mut out, op).unwrap();
     }
     drop(out);
+    // The torture suite's linearizability checker on the whole history: stricter than the
+    // per-key floor above (it also orders reads against writes in flight).
+    let report = chd_torture::check::check(&ops);
+    eprint!("checker: {report}");
+    if !report.ok() {
+        findings.push(format!("the history is not linearizable:\n{report}"));
+    }
     eprintln!(
         "{done} cuts in {:.0} s: {} writes acknowledged ({} over 1 MiB, largest {} B), {} unknown, {} operations in {}",
         elapsed.as_secs_f64(),
