@@ -21,7 +21,8 @@
 //! not survive. Each key has one writer, so "later" is the writer's order.
 //!
 //! Every operation is recorded in the torture history format (`chd_torture::history`) in
-//! `$CARGO_TARGET_TMPDIR/power_cut_history.jsonl`; failures print the seed and chd's log.
+//! `$CARGO_TARGET_TMPDIR/power_cut_history.jsonl`, and the whole history must pass the torture
+//! suite's linearizability checker. Failures print the seed and chd's log.
 //! Needs root (FUSE); skips with a message otherwise. `CHD_POWER_CUTS`, `CHD_POWER_CUT_SEED`
 //! and `CHD_POWER_CUT_MAX_VALUE` override the number of cuts, the seed and the largest value.
 
