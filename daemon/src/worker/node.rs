@@ -136,6 +136,24 @@ impl<E: Engine> Node<E> {
             .collect()
     }
 
+    /// (key, version, is a tombstone) of `partition` after `after`, ascending, at most `limit`.
+    pub fn keys(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<(Vec<u8>, u64, bool)>> {
+        let from = match after {
+            Some(a) => [data_key(partition, a).as_slice(), &[0]].concat(),
+            None => data_key(partition, b""),
+        };
+        let to = data_key(partition + 1, b"");
+        self.engine
+            .scan(&from, &to, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let version = Record::decode_version(&v).ok_or_else(|| corrupt("no version"))?;
+                let tombstone = v.get(8).ok_or_else(|| corrupt("no tag"))? == &0;
+                Ok((k[4..].to_vec(), version, tombstone))
+            })
+            .collect()
+    }
+
     /// A digest of every (key, version) in `partition`: two replicas with equal digests hold
     /// the same records, because a version names exactly one write.
     pub fn digest(&self, partition: u32) -> io::Result<[u8; 32]> {
@@ -279,5 +297,8 @@ mod tests {
         let rest = n.versions(0, Some(&first[3].0), 100).unwrap();
         assert_eq!(rest.len(), 6);
         assert_eq!(rest[0].0, vec![4]);
+        n.put(&[5], &rec(20, None)).unwrap();
+        let keys = n.keys(0, Some(&[3]), 3).unwrap();
+        assert_eq!(keys, vec![(vec![4], 5, false), (vec![5], 20, true), (vec![6], 7, false)]);
     }
 }
