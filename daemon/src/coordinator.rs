@@ -183,6 +183,13 @@ impl Coordinator {
     }
 }
 
+async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {
+    match link.call(WorkerRequest::Get { key }, CALL_TIMEOUT).await {
+        Ok(WorkerResponse::Record(r)) => Ok(r),
+        _ => Err(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,12 +205,5 @@ mod tests {
         assert!(single.is_err(), "a key held by lock_many was locked again");
         drop(guards);
         let _again = locks.lock(&keys[7]).await;
-    }
-}
-
-async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {
-    match link.call(WorkerRequest::Get { key }, CALL_TIMEOUT).await {
-        Ok(WorkerResponse::Record(r)) => Ok(r),
-        _ => Err(()),
     }
 }

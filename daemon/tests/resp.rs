@@ -17,7 +17,8 @@ fn resp_socket(chd: &Chd) -> PathBuf {
 }
 
 fn have(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok =
+        Command::new(tool).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !ok {
         eprintln!("SKIPPED: {tool} is not installed (CI installs it: see .ci/run)");
     }
@@ -133,7 +134,7 @@ fn redis_cli_commands_pipe_load_and_scan() {
     let all = cli(&s, &["KEYS", "*"]).lines().count();
     assert_eq!(cli(&s, &["DBSIZE"]), all.to_string());
     assert_eq!(cli(&s, &["KEYS", "bulk:99*"]).lines().count(), 11);
-    assert!(cli(&s, &["RANDOMKEY"]).len() > 0);
+    assert!(!cli(&s, &["RANDOMKEY"]).is_empty());
 }
 
 #[test]
@@ -170,12 +171,7 @@ fn redis_py_pipelines_scan_iter_and_resp3() {
     let chd = Chd::start(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/resp_client.py");
     let out = Command::new("python3").arg(script).arg(resp_socket(&chd)).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -20,26 +20,24 @@ pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
                     i += 1;
                     continue;
                 }
-                b'[' if i < s.len() => {
-                    if let Some((hit, next)) = class(pattern, p + 1, s[i]) {
-                        if hit {
-                            p = next;
-                            i += 1;
-                            continue;
-                        }
-                    }
+                b'[' if i < s.len() && class(pattern, p + 1, s[i]).0 => {
+                    p = class(pattern, p + 1, s[i]).1;
+                    i += 1;
+                    continue;
                 }
                 b'\\' if p + 1 < pattern.len() && i < s.len() && pattern[p + 1] == s[i] => {
                     p += 2;
                     i += 1;
                     continue;
                 }
-                c if c != b'\\' || p + 1 == pattern.len() => {
-                    if i < s.len() && c == s[i] && c != b'?' && c != b'[' {
-                        p += 1;
-                        i += 1;
-                        continue;
-                    }
+                c if !matches!(c, b'?' | b'[')
+                    && (c != b'\\' || p + 1 == pattern.len())
+                    && i < s.len()
+                    && c == s[i] =>
+                {
+                    p += 1;
+                    i += 1;
+                    continue;
                 }
                 _ => {}
             }
@@ -60,7 +58,7 @@ pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
 
 /// Matches `c` against the class starting at `pattern[start]` (after `[`). Returns whether it
 /// matched and the position after the closing `]`; an unterminated class ends the pattern.
-fn class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+fn class(pattern: &[u8], start: usize, c: u8) -> (bool, usize) {
     let mut p = start;
     let not = pattern.get(p) == Some(&b'^');
     if not {
@@ -69,8 +67,8 @@ fn class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     let mut hit = false;
     loop {
         match pattern.get(p) {
-            None => return Some((hit != not, p)),
-            Some(b']') => return Some((hit != not, p + 1)),
+            None => return (hit != not, p),
+            Some(b']') => return (hit != not, p + 1),
             Some(b'\\') if p + 1 < pattern.len() => {
                 hit |= pattern[p + 1] == c;
                 p += 2;
