@@ -265,6 +265,59 @@ fn deep_pipelines_are_answered_in_order() {
     assert!(String::from_utf8_lossy(&out) == want, "replies out of order or missing");
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_is_slowed_not_buffered() {
+    let chd = Chd::start(&[]);
+    let s = resp_socket(&chd);
+    let before = rss_kib(chd.pid());
+    // 160 MiB of pipelined requests whose replies are as large; nothing is read for a while.
+    let (n, size) = (40_000usize, 4096usize);
+    let mut stream = UnixStream::connect(&s).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent2 = sent.clone();
+    let writer = std::thread::spawn(move || {
+        let one = resp_command(&[b"ECHO", &vec![b'x'; size]]);
+        for _ in 0..n {
+            stream.write_all(&one).unwrap();
+            sent2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        stream.write_all(&resp_command(&[b"QUIT"])).unwrap();
+    });
+    // The writer stalls once chd stops reading: its bounds plus the socket buffers.
+    let mut last = 0;
+    wait_for("the client's writes to stall", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = sent.load(std::sync::atomic::Ordering::SeqCst);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled
+    });
+    assert!(last < n / 4, "chd took {last} of {n} requests without anyone reading a reply");
+    let grown = rss_kib(chd.pid()).saturating_sub(before);
+    eprintln!("stalled after {last} of {n} requests; chd grew by {grown} KiB");
+    assert!(grown < 64 * 1024, "chd grew by {grown} KiB for one client that does not read");
+    // Reading resumes the flow; every reply arrives.
+    let mut total = 0usize;
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let k = reader.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        total += k;
+    }
+    writer.join().unwrap();
+    let reply_len = format!("${size}\r\n").len() + size + 2;
+    assert_eq!(total, n * reply_len + 5);
+}
+
 #[test]
 fn resp3_after_hello_3() {
     let chd = Chd::start(&[]);
