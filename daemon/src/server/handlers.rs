@@ -35,9 +35,11 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
         Request::Scan { cursor, prefix, count } => {
             let partitions = server.cluster.ring().partitions();
             let mut p = cursor.min(partitions);
-            let mut keys = Vec::new();
-            while p < partitions && keys.len() < count.max(1) as usize {
+            let (mut keys, mut bytes) = (Vec::new(), 0);
+            // Whole partitions, until `count` keys or a few MiB (well under the frame limit).
+            while p < partitions && keys.len() < count.max(1) as usize && bytes < (4 << 20) {
                 let page = crate::scan::partition_keys(&server.cluster, p, &prefix).await?;
+                bytes += page.iter().map(|k| k.len() + 8).sum::<usize>();
                 keys.extend(page.into_iter().map(serde_bytes::ByteBuf::from));
                 p += 1;
             }

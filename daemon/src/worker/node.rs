@@ -137,21 +137,32 @@ impl<E: Engine> Node<E> {
     }
 
     /// (key, version, is a tombstone) of `partition` after `after`, ascending, at most `limit`.
+    ///
+    /// The engine hands out values with keys, and values may be 32 MiB: records are read in
+    /// batches that start at one and double only while batches stay small, so listing a
+    /// partition of huge values never holds more than a few of them at once.
     pub fn keys(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<(Vec<u8>, u64, bool)>> {
-        let from = match after {
+        const BATCH_BYTES: usize = 4 << 20;
+        let mut from = match after {
             Some(a) => [data_key(partition, a).as_slice(), &[0]].concat(),
             None => data_key(partition, b""),
         };
         let to = data_key(partition + 1, b"");
-        self.engine
-            .scan(&from, &to, limit)?
-            .into_iter()
-            .map(|(k, v)| {
+        let mut out = Vec::new();
+        let mut batch = 1;
+        while out.len() < limit {
+            let entries = self.engine.scan(&from, &to, batch.min(limit - out.len()))?;
+            let Some((last, _)) = entries.last() else { break };
+            from = [last.as_slice(), &[0]].concat();
+            let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+            for (k, v) in entries {
                 let version = Record::decode_version(&v).ok_or_else(|| corrupt("no version"))?;
-                let tombstone = v.get(8).ok_or_else(|| corrupt("no tag"))? == &0;
-                Ok((k[4..].to_vec(), version, tombstone))
-            })
-            .collect()
+                let tombstone = *v.get(8).ok_or_else(|| corrupt("no tag"))? == 0;
+                out.push((k[4..].to_vec(), version, tombstone));
+            }
+            batch = if bytes > BATCH_BYTES { 1 } else { (batch * 2).min(1024) };
+        }
+        Ok(out)
     }
 
     /// A digest of every (key, version) in `partition`: two replicas with equal digests hold
