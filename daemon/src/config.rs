@@ -143,7 +143,7 @@ impl Settings {
         let resp_socket = match args.resp_socket.clone().or(file.resp_socket) {
             Some(s) if s == "none" => None,
             Some(s) => Some(PathBuf::from(s)),
-            None => Some(socket.with_file_name("chd-resp.sock")),
+            None => default_resp_socket(&socket),
         };
         let resp_listen_any = file.resp_listen_any.unwrap_or(false);
         let requirepass = file.requirepass.map(Secret);
@@ -239,6 +239,15 @@ impl Settings {
     }
 }
 
+/// `<stem>-resp.sock` next to the socket (`chd.sock` gives `chd-resp.sock`), so that two chd
+/// with sockets in one directory get two RESP sockets. Off, rather than a failed start, when
+/// that path would not fit a Unix socket address (107 bytes).
+fn default_resp_socket(socket: &Path) -> Option<PathBuf> {
+    let stem = socket.file_stem()?.to_string_lossy();
+    let p = socket.with_file_name(format!("{stem}-resp.sock"));
+    (p.as_os_str().len() <= 107).then_some(p)
+}
+
 fn load_file(explicit: Option<&Path>) -> anyhow::Result<(Option<PathBuf>, FileConfig)> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
@@ -318,10 +327,15 @@ mod tests {
     #[test]
     fn resp_endpoint_settings() {
         let s = Settings::resolve(&args(|_| {})).unwrap();
-        assert_eq!(s.resp_socket, Some(PathBuf::from("/tmp/chd-resp.sock")));
+        assert_eq!(s.resp_socket, Some(PathBuf::from("/tmp/x-resp.sock")));
         assert_eq!(s.resp_listen, None);
         let s = Settings::resolve(&args(|a| a.resp_socket = Some("none".into()))).unwrap();
         assert_eq!(s.resp_socket, None);
+        let s = Settings::resolve(&args(|a| a.socket = Some("/run/x/chd-7.sock".into()))).unwrap();
+        assert_eq!(s.resp_socket, Some(PathBuf::from("/run/x/chd-7-resp.sock")));
+        let long = format!("/{}/chd.sock", "d".repeat(96));
+        let s = Settings::resolve(&args(|a| a.socket = Some(long.into()))).unwrap();
+        assert_eq!(s.resp_socket, None, "a default that cannot be bound turns RESP off");
         let e = Settings::resolve(&args(|a| a.resp_listen = Some("127.0.0.1:6379".into()))).unwrap_err();
         assert!(e.to_string().contains("requirepass"), "{e}");
         let dir = tempfile::tempdir().unwrap();

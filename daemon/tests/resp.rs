@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 
 fn resp_socket(chd: &Chd) -> PathBuf {
+    // The default: `<socket stem>-resp.sock` next to chd's socket.
     chd.socket.with_file_name("chd-resp.sock")
 }
 
@@ -378,4 +379,31 @@ fn shutdown_over_the_unix_socket_stops_chd_gracefully() {
     chd.child = None;
     chd.restart();
     assert_eq!(chd.get("k").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn the_resp_socket_checks_peer_credentials_like_the_main_socket() {
+    // Needs root to connect as another user; CI runs the suite as root once.
+    if nix_uid() != 0 || !have("setpriv", "--version") || !have("redis-cli", "--version") {
+        eprintln!("SKIPPED: needs root, setpriv and redis-cli");
+        return;
+    }
+    // A socket mode that lets anyone reach the socket, so that only the credential check stands.
+    let chd = Chd::start(&["--socket-mode", "0666"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(chd.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "redis-cli", "-s"])
+        .arg(resp_socket(&chd))
+        .args(["SET", "k", "v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("permission denied: uid 65534"), "{text}");
+    assert_eq!(chd.get("k"), None);
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: getuid(2) cannot fail.
+    unsafe { libc::getuid() }
 }
