@@ -198,6 +198,24 @@ fn values_cross_between_resp_and_chctl_byte_for_byte() {
     assert_eq!(String::from_utf8_lossy(&keys.stdout), "bin2\n");
     assert!(chd.ctl(&["exists", "bin2"]).status.success());
     assert_eq!(chd.ctl(&["exists", "bin"]).status.code(), Some(1));
+    // Prefix and limit, over keys spread across partitions.
+    let mut c = chd.client();
+    c.set_many((0..300).map(|i| (format!("p:{i}"), "v".to_string())));
+    c.set_many((0..50).map(|i| (format!("q:{i}"), "v".to_string())));
+    let listed = |args: &[&str]| -> Vec<String> {
+        let out = chd.ctl(args);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+    };
+    let mut p = listed(&["keys", "--prefix", "p:"]);
+    p.sort();
+    let mut want: Vec<String> = (0..300).map(|i| format!("p:{i}")).collect();
+    want.sort();
+    assert_eq!(p, want);
+    let some = listed(&["keys", "--prefix", "q:", "--limit", "7"]);
+    assert_eq!(some.len(), 7);
+    assert!(some.iter().all(|k| k.starts_with("q:")));
+    assert_eq!(listed(&["keys"]).len(), 351);
 }
 
 #[test]
