@@ -382,6 +382,9 @@ fn tcp_needs_auth_and_a_loopback_address() {
     assert_eq!(lines[1], "-WRONGPASS invalid username-password pair or user is disabled.");
     assert_eq!(&lines[2..6], ["+OK", "+OK", "$1", "v"]);
     assert!(lines[6].starts_with("-ERR SHUTDOWN is only accepted on chd's Unix socket"), "{got}");
+    // Before AUTH a request stays small, as in Redis.
+    let got = talk(format!("*2\r\n$3\r\nGET\r\n${}\r\n", 1 << 20).as_bytes()).unwrap();
+    assert_eq!(got, "-ERR Protocol error: unauthenticated bulk length\r\n");
     let _ = child.kill();
     let _ = child.wait();
 }

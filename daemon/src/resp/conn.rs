@@ -115,6 +115,7 @@ async fn serve<R, W>(
     let kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES >> 10));
     let mut parser = Parser::default();
     loop {
+        parser.unauthenticated = session.needs_auth && !session.authed;
         let args = match parser.next() {
             Ok(Some(args)) => args,
             Ok(None) => {

@@ -10,7 +10,8 @@
 //!   declaration is refused at once);
 //! - a multibulk declares at most [`MAX_MULTIBULK`] arguments, and the argument vector grows
 //!   as arguments arrive (never sized by the declared count);
-//! - one request totals at most [`MAX_REQUEST`] bytes of arguments.
+//! - one request totals at most [`MAX_REQUEST`] bytes of arguments;
+//! - before AUTH, where AUTH is required, at most 10 arguments of at most 16 KiB (as Redis).
 //!
 //! A request is never nested: an array inside a request is the same protocol error Redis gives
 //! ("expected '$', got '*'"). After any [`ProtocolError`] the connection must be closed, since
@@ -46,6 +47,10 @@ pub enum ProtocolError {
     InvalidBulkLength,
     #[error("Protocol error: request of more than {MAX_REQUEST} bytes")]
     RequestTooLarge,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulk,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulk,
 }
 
 /// Holds the bytes read from one connection and cuts them into requests.
@@ -59,6 +64,9 @@ pub struct Parser {
     /// The declared length of the bulk string being read, once its header is in.
     bulk: Option<usize>,
     request_bytes: usize,
+    /// Before AUTH (where it is required), requests stay small, as in Redis: at most 10
+    /// arguments of at most 16 KiB.
+    pub unauthenticated: bool,
 }
 
 impl Parser {
@@ -101,6 +109,9 @@ impl Parser {
                 if count > MAX_MULTIBULK as i64 {
                     return Err(ProtocolError::InvalidMultibulkLength);
                 }
+                if count > 10 && self.unauthenticated {
+                    return Err(ProtocolError::UnauthenticatedMultibulk);
+                }
                 if count <= 0 {
                     continue;
                 }
@@ -119,6 +130,9 @@ impl Parser {
                         let len = parse_int(&line[1..]).ok_or(ProtocolError::InvalidBulkLength)?;
                         if !(0..=MAX_BULK as i64).contains(&len) {
                             return Err(ProtocolError::InvalidBulkLength);
+                        }
+                        if len > 16384 && self.unauthenticated {
+                            return Err(ProtocolError::UnauthenticatedBulk);
                         }
                         let len = len as usize;
                         self.request_bytes += len;
@@ -375,6 +389,19 @@ mod tests {
         p.request_bytes = MAX_REQUEST - 10;
         p.feed(b"$11\r\n");
         assert_eq!(p.next(), Err(ProtocolError::RequestTooLarge));
+    }
+
+    #[test]
+    fn unauthenticated_requests_stay_small() {
+        let mut p = Parser { unauthenticated: true, ..Parser::default() };
+        p.feed(b"*11\r\n");
+        assert_eq!(p.next(), Err(ProtocolError::UnauthenticatedMultibulk));
+        let mut p = Parser { unauthenticated: true, ..Parser::default() };
+        p.feed(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n");
+        assert_eq!(p.next().unwrap_err().to_string(), "Protocol error: unauthenticated bulk length");
+        let mut p = Parser { unauthenticated: true, ..Parser::default() };
+        p.feed(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
+        assert_eq!(p.next().unwrap().unwrap().len(), 2);
     }
 
     #[test]
