@@ -128,7 +128,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = match &request {
-            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } => {
+            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } | Request::Exists { key } => {
                 Some(server.coordinator.locks.lock(key).await)
             }
             _ => None,

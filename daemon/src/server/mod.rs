@@ -1,6 +1,6 @@
 //! chd's front: the Unix socket, its connections, and the life cycle of the daemon.
 
-mod auth;
+pub(crate) mod auth;
 mod conn;
 mod handlers;
 
@@ -22,6 +22,7 @@ use crate::coordinator::{Coordinator, KeyLocks};
 use crate::datadir::{ClusterFile, DataDir};
 use crate::membership;
 use crate::repair;
+use crate::resp;
 use crate::supervisor::{self, spawn::Spawner, Event};
 use crate::versions::Versions;
 
@@ -48,6 +49,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     // Absolute paths from here on: workers and status output do not depend on chd's cwd.
     settings.data_dir = data.root().to_path_buf();
     settings.socket = std::path::absolute(&settings.socket)?;
+    if let Some(resp) = settings.resp_socket.clone() {
+        refuse_live_socket(&resp)?;
+        settings.resp_socket = Some(std::path::absolute(resp)?);
+    }
     let (mut file, created) = match data.load_cluster()? {
         Some(f) => {
             if settings.replicas_explicit && f.ring.replicas() != settings.replicas {
@@ -88,6 +93,19 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         info!(write_quorum, "write quorum fixed with the data dir");
     }
     let listener = bind(&settings.socket, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?;
+    // The RESP endpoint: the same bind (stale-socket detection, mode, group) as the main socket.
+    let resp_listener = match &settings.resp_socket {
+        Some(p) => Some(bind(p, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?),
+        None => None,
+    };
+    let resp_tcp = match settings.resp_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("resp_listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
@@ -133,6 +151,14 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
+    if let Some(l) = resp_listener {
+        info!(socket = %settings.resp_socket.as_ref().expect("resp socket").display(), "serving RESP");
+        resp::serve_unix(server.clone(), l, stop_rx.clone(), conn_tx.clone());
+    }
+    if let Some(l) = resp_tcp {
+        info!(address = ?settings.resp_listen, "serving RESP over TCP (AUTH required)");
+        resp::serve_tcp(server.clone(), l, stop_rx.clone(), conn_tx.clone());
+    }
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
@@ -162,6 +188,9 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(listener);
     let _ = std::fs::remove_file(&settings.socket);
+    if let Some(p) = &settings.resp_socket {
+        let _ = std::fs::remove_file(p);
+    }
     let _ = stop_tx.send(true);
     drop(conn_tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, conn_rx.recv()).await.is_err() {
@@ -184,7 +213,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
 /// Binds the socket, refusing if a live chd answers on it and replacing a stale file left by
 /// one that was killed.
-fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()

@@ -525,6 +525,17 @@ fn apply<E: Engine>(node: &mut Node<E>, req: WorkerRequest, progress: &Progress)
             (R::PartitionStats(stats), false)
         }
         WorkerRequest::NonEmptyPartitions => (R::Partitions(node.non_empty_partitions()?), false),
+        WorkerRequest::Keys { partition, after, limit } => {
+            let mut page = node.keys(partition, after.as_deref(), limit as usize)?;
+            let mut bytes = 0;
+            if let Some(cut) = page.iter().position(|(k, _, _)| {
+                bytes += k.len() + 16;
+                bytes > MAX_REPLY_BYTES
+            }) {
+                page.truncate(cut.max(1));
+            }
+            (R::Keys(page), false)
+        }
     };
     Ok(Applied::Reply(reply.0, reply.1))
 }

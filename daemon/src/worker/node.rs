@@ -170,6 +170,35 @@ impl<E: Engine> Node<E> {
             .collect()
     }
 
+    /// (key, version, is a tombstone) of `partition` after `after`, ascending, at most `limit`.
+    ///
+    /// The engine hands out values with keys, and values may be 32 MiB: records are read in
+    /// batches that start at one and double only while batches stay small, so listing a
+    /// partition of huge values never holds more than a few of them at once.
+    pub fn keys(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<(Vec<u8>, u64, bool)>> {
+        const BATCH_BYTES: usize = 4 << 20;
+        let mut from = match after {
+            Some(a) => [data_key(partition, a).as_slice(), &[0]].concat(),
+            None => data_key(partition, b""),
+        };
+        let to = data_key(partition + 1, b"");
+        let mut out = Vec::new();
+        let mut batch = 1;
+        while out.len() < limit {
+            let entries = self.engine.scan(&from, &to, batch.min(limit - out.len()))?;
+            let Some((last, _)) = entries.last() else { break };
+            from = [last.as_slice(), &[0]].concat();
+            let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+            for (k, v) in entries {
+                let version = Record::decode_version(&v).ok_or_else(|| corrupt("no version"))?;
+                let tombstone = *v.get(8).ok_or_else(|| corrupt("no tag"))? == 0;
+                out.push((k[4..].to_vec(), version, tombstone));
+            }
+            batch = if bytes > BATCH_BYTES { 1 } else { (batch * 2).min(1024) };
+        }
+        Ok(out)
+    }
+
     /// A digest of every (key, version) in `partition`: two replicas with equal digests hold
     /// the same records, because a version names exactly one write.
     pub fn digest(&self, partition: u32) -> io::Result<[u8; 32]> {
@@ -325,6 +354,9 @@ mod tests {
         let rest = n.versions(0, Some(&first[3].0), 100).unwrap();
         assert_eq!(rest.len(), 6);
         assert_eq!(rest[0].0, vec![4]);
+        n.put(&[5], &rec(20, None)).unwrap();
+        let keys = n.keys(0, Some(&[3]), 3).unwrap();
+        assert_eq!(keys, vec![(vec![4], 5, false), (vec![5], 20, true), (vec![6], 7, false)]);
     }
 
     fn big(version: u64, fill: u8) -> Record {
