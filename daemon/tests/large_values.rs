@@ -82,9 +82,10 @@ fn memory_stays_bounded_under_maximal_values_with_a_hung_worker() {
     let mut stopped = Vec::new();
     while start.elapsed() < std::time::Duration::from_secs(secs) {
         // Keep node 1 hung: stop each new worker of it as soon as it appears.
-        if let Some(pid) = chd.try_status().and_then(|s| {
-            s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 1).and_then(|n| n["pid"].as_u64())
-        }) {
+        if let Some(pid) = chd
+            .try_status()
+            .and_then(|s| s["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 1).and_then(|n| n["pid"].as_u64()))
+        {
             let pid = pid as u32;
             if !stopped.contains(&pid) && alive(pid) {
                 signal(pid, libc::SIGSTOP);

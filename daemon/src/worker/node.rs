@@ -392,6 +392,7 @@ mod tests {
         let p = partition_of(b"k", 4);
         let small = if partition_of(b"small", 4) == p { 5 + 6 } else { 0 };
         assert_eq!(n.partition_stats(p).unwrap().1, 1 + 100_002 + small, "keys plus values, not pointers");
+        assert!(n.keys(p, None, 10).unwrap().contains(&(b"k".to_vec(), 3, false)), "a pointer is not a tombstone");
 
         assert!(!n.put(b"k", &big(3, 9)).unwrap(), "an equal version is refused before any file is written");
         assert_eq!(value_files(dir.path()).len(), 1);
