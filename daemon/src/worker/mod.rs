@@ -28,6 +28,7 @@ pub mod disk;
 pub mod link;
 pub mod node;
 pub mod proto;
+pub mod values;
 
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
@@ -181,7 +182,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
-    let node = match Node::open(engine, args.partitions) {
+    let node = match Node::open(engine, &args.dir, args.partitions) {
         Ok(n) => n,
         Err(e) => exit(classify(&e), "cannot read database", &e),
     };
@@ -627,7 +628,8 @@ mod tests {
     #[test]
     fn a_full_disk_refuses_writes_and_still_answers_reads() {
         let free = Arc::new(AtomicU64::new(1 << 30));
-        let node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
         let mut w = Worker { node, disk: Box::new(FakeDisk(free.clone())), reserve: RESERVE };
         let progress = Progress::new();
         let put = |k: &str, v: u64| WorkerRequest::Put { key: k.into(), record: rec(v, b"value") };
@@ -688,7 +690,8 @@ mod tests {
                 0
             }
         }
-        let node = Node::open(FullOnPut(MemoryEngine::default()), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(FullOnPut(MemoryEngine::default()), dir.path(), 4).unwrap();
         let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
         let mut w = Worker { node, disk, reserve: RESERVE };
         let batch = frames(vec![WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") }]);
@@ -727,7 +730,8 @@ mod tests {
 
         // GetMany's answer: just under the reply limit of small records, then a maximal one,
         // which must still come back (alone if need be) and fit.
-        let mut node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
         let mut keys = Vec::new();
         for i in 0..7u32 {
             let k = format!("m-{i}").into_bytes();
@@ -792,16 +796,18 @@ mod tests {
     struct Chd {
         stream: UnixStream,
         worker: std::thread::JoinHandle<Result<(), Fatal>>,
+        _dir: tempfile::TempDir,
     }
 
     impl Chd {
         fn start<E: Engine + 'static>(engine: E) -> Chd {
             let (ours, theirs) = UnixStream::pair().unwrap();
             ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let node = Node::open(engine, 4).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::open(engine, dir.path(), 4).unwrap();
             let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
             let worker = std::thread::spawn(move || serve(node, theirs, disk, RESERVE));
-            let mut chd = Chd { stream: ours, worker };
+            let mut chd = Chd { stream: ours, worker, _dir: dir };
             assert!(matches!(chd.recv(), Frame { id: 0, msg: WorkerResponse::Hello(_) }));
             chd
         }
@@ -909,7 +915,7 @@ mod enospc_tests {
         let Some(fs) = mount(&outer.path().join("mnt"), "4m") else { return };
         let dir = fs.0.join("db");
         std::fs::create_dir_all(&dir).unwrap();
-        let node = Node::open(SledEngine::open(&dir).unwrap(), 4).unwrap();
+        let node = Node::open(SledEngine::open(&dir).unwrap(), &dir, 4).unwrap();
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let (done_tx, done) = mpsc::channel();
@@ -960,7 +966,8 @@ mod enospc_tests {
         // holds the lock here, so a copy is opened).
         let copy = tempfile::tempdir().unwrap();
         assert!(Command::new("cp").arg("-a").arg(&dir).arg(copy.path()).status().unwrap().success());
-        let node = Node::open(SledEngine::open(&copy.path().join("db")).unwrap(), 4).unwrap();
+        let copied = copy.path().join("db");
+        let node = Node::open(SledEngine::open(&copied).unwrap(), &copied, 4).unwrap();
         for (key, i) in &acked {
             let r = node.get(key).unwrap().unwrap_or_else(|| panic!("acknowledged write {i} lost"));
             assert_eq!(r.version, u64::from(*i) + 1);
