@@ -172,7 +172,9 @@ impl Coordinator {
                         return Ok(());
                     }
                 }
-                Ok((id, Err(e @ LinkError::DiskFull { .. }))) => disk_full = Some(format!("node {id}: {e}")),
+                Ok((id, Err(LinkError::DiskFull { free, needed }))) => {
+                    disk_full = Some(format!("node {id} has {free} bytes free and needs {needed}"))
+                }
                 _ => {}
             }
         }

@@ -131,11 +131,11 @@ impl Iterator for Schedule {
             return None;
         }
         let kind = self.enabled[self.rng.below(self.enabled.len() as u64) as usize];
-        // 1 to 3 s, start to start, shorter ones likelier (mean 1.5 s): holds of 1-6 s and
+        // 1 to 3 s, start to start, shorter ones likelier (mean 1.4 s): holds of 1-6 s and
         // membership changes take their own time, and a 10-minute run should still see a few
         // hundred faults.
         let u = self.rng.unit();
-        let gap = Duration::from_millis(1000 + (2000.0 * u * u * u) as u64);
+        let gap = Duration::from_millis(1000 + (2000.0 * u.powi(4)) as u64);
         let hold = match kind {
             FaultKind::StopOne | FaultKind::StopChd => Duration::from_millis(self.rng.range(1000, 6000)),
             FaultKind::DiskFull => Duration::from_millis(self.rng.range(1000, 3000)),

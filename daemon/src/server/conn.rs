@@ -24,7 +24,7 @@ use tracing::debug;
 use super::auth::{self, Peer};
 use super::handlers;
 use super::Server;
-use crate::frame::read_frame;
+use crate::frame::{read_body, read_frame, read_len};
 
 const MAX_IN_FLIGHT: usize = 128;
 /// Bounds the memory one client can pin by pipelining large values.
@@ -85,19 +85,23 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
     let in_flight_kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES >> 10));
     let mut greeted = false;
     loop {
-        let body = tokio::select! {
-            b = read_frame(&mut rd, MAX_FRAME) => b,
+        let len = tokio::select! {
+            l = read_len(&mut rd, MAX_FRAME) => l,
             _ = stopping.wait_for(|s| *s) => break,
         };
-        let body = match body {
-            Ok(Some(b)) => b,
-            Ok(None) | Err(FrameError::Io(_)) => break,
-            Err(FrameError::Truncated) => break,
+        // The body is read only once its bytes are granted: a client that pipelines large
+        // values waits here instead of making chd buffer them.
+        let len = match len {
+            Ok(Some(len)) => len,
+            Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated) => break,
             Err(FrameError::Protocol(e)) => {
                 reply_and_close(0, e).await;
                 break;
             }
         };
+        let kib = (len >> 10).clamp(1, MAX_IN_FLIGHT_BYTES >> 10) as u32;
+        let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
+        let Ok(body) = read_body(&mut rd, len).await else { break };
         let ClientFrame { id, request } = match decode_body::<ClientFrame>(&body) {
             Ok(f) => f,
             Err(e) => {
@@ -124,8 +128,6 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             reply_and_close(id, e).await;
             break;
         }
-        let kib = (body.len() >> 10).clamp(1, MAX_IN_FLIGHT_BYTES >> 10) as u32;
-        let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = match &request {
             Request::Get { key } | Request::Set { key, .. } | Request::Del { key } | Request::Exists { key } => {

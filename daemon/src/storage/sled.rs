@@ -68,6 +68,8 @@ impl SledEngine {
                 e => e,
             })?;
         let log = File::open(dir.join("db"))?;
+        // sled writes `conf` when it creates a database and never syncs it.
+        File::open(dir.join("conf"))?.sync_all()?;
         // Make the directory entries of files sled just created durable too.
         File::open(dir)?.sync_all()?;
         Ok(SledEngine { db, log, blobs: dir.join("blobs"), blobs_synced: None })
