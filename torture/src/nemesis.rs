@@ -112,14 +112,18 @@ pub struct Planned {
 }
 
 /// The seeded sequence of faults over the enabled kinds.
+///
+/// Kinds are dealt from a shuffled deck of the enabled kinds, refilled when empty: the order
+/// is random, and every kind comes up equally often in a long run.
 pub struct Schedule {
     rng: Rng,
     enabled: Vec<FaultKind>,
+    deck: Vec<FaultKind>,
 }
 
 impl Schedule {
     pub fn new(seed: u64, enabled: &[FaultKind]) -> Schedule {
-        Schedule { rng: Rng::derive(seed, 1), enabled: enabled.to_vec() }
+        Schedule { rng: Rng::derive(seed, 1), enabled: enabled.to_vec(), deck: Vec::new() }
     }
 }
 
@@ -130,7 +134,14 @@ impl Iterator for Schedule {
         if self.enabled.is_empty() {
             return None;
         }
-        let kind = self.enabled[self.rng.below(self.enabled.len() as u64) as usize];
+        if self.deck.is_empty() {
+            self.deck = self.enabled.clone();
+            for i in (1..self.deck.len()).rev() {
+                let j = self.rng.below(i as u64 + 1) as usize;
+                self.deck.swap(i, j);
+            }
+        }
+        let kind = self.deck.pop().expect("refilled above");
         // 1 to 3 s, start to start, shorter ones likelier (mean 1.4 s): holds of 1-6 s and
         // membership changes take their own time, and a 10-minute run should still see a few
         // hundred faults.
@@ -523,8 +534,11 @@ mod tests {
     fn the_schedule_uses_only_enabled_kinds_with_their_timings() {
         let enabled = [FaultKind::KillOne, FaultKind::StopOne, FaultKind::DiskFull];
         let plan: Vec<Planned> = Schedule::new(7, &enabled).take(1000).collect();
-        for k in enabled {
-            assert!(plan.iter().filter(|p| p.kind == k).count() > 250, "{k:?} too rare");
+        // Dealt from a deck: each kind exactly once in every round of three.
+        for round in plan.chunks(3).take(333) {
+            let mut kinds: Vec<&str> = round.iter().map(|p| p.kind.name()).collect();
+            kinds.sort_unstable();
+            assert_eq!(kinds, vec!["disk-full", "kill-one", "stop-one"]);
         }
         for p in &plan {
             assert!(enabled.contains(&p.kind));
