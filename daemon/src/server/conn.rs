@@ -32,7 +32,7 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch::Receiver<bool>) {
     let peer = match stream.peer_cred() {
-        Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+        Ok(c) => Peer { uid: c.uid(), gid: c.gid() },
         Err(_) => return,
     };
     let (mut rd, mut wr) = stream.into_split();

@@ -80,6 +80,11 @@ fn spawn(exe: &std::path::Path, id: NodeId, dir: &std::path::Path, partitions: u
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
+            // The terminal's hangup reaches chd's whole process group; chd handles it, and a
+            // worker stops only when chd says so.
+            if libc::signal(libc::SIGHUP, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
             if theirs_fd == WORKER_FD {
                 // dup2 onto itself would keep close-on-exec set; clear it instead.
                 if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) != 0 {
