@@ -216,6 +216,7 @@ fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListen
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    pause_point_blocking("socket-bound");
     // The allowed group owns the socket, so that a mode like 0660 lets its members in. Until
     // then the group is chd's own, whose members the credential check still refuses.
     if let Some(gid) = group.filter(|&g| g != nix::unistd::Gid::effective().as_raw()) {
