@@ -161,9 +161,11 @@ fn chctl_refuses_a_socket_served_by_a_stranger_before_sending_anything() {
         // SAFETY: raw setresuid on this thread only; its saved uid stays root.
         assert_eq!(unsafe { libc::syscall(libc::SYS_setresuid, -1i32, NOBODY as i32, -1i32) }, 0);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Open to all, as a trap would be.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
         ready_tx.send(()).unwrap();
         let mut got = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..4 {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = Vec::new();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -173,27 +175,33 @@ fn chctl_refuses_a_socket_served_by_a_stranger_before_sending_anything() {
         got
     });
     ready_rx.recv().unwrap();
-    let out = Command::new(chctl_path())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["set", "secret-key", "secret-value"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    // chctl as root, and as an ordinary user (uid 65533), neither of whom runs that server.
+    for uid in [0, NOBODY - 1] {
+        let out = ctl_as(uid, &socket, &["set", "secret-key", "secret-value"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("refusing to talk to") && err.contains("served by uid 65534"), "as uid {uid}: {err}");
+    }
+    // Named as chd's user, the same server is talked to (and then fails to answer); and its
+    // own user trusts it.
+    let out = ctl_as(0, &socket, &["--server-user", &NOBODY.to_string(), "get", "other-key"]);
     assert!(!out.status.success());
-    assert!(err.contains("refusing to talk to") && err.contains("uid 65534"), "{err}");
-    // Named as chd's user, the same server is talked to (and then fails to answer).
-    let out = Command::new(chctl_path())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--server-user", &NOBODY.to_string(), "get", "other-key"])
-        .output()
-        .unwrap();
+    let out = ctl_as(NOBODY, &socket, &["get", "other-key"]);
     assert!(!out.status.success());
     let got = server.join().unwrap();
-    assert!(got[0].is_empty(), "the refused connection carried {} bytes", got[0].len());
-    assert!(!got[1].is_empty(), "with --server-user the hello is sent");
+    assert!(got[0].is_empty() && got[1].is_empty(), "a refused connection carried bytes: {got:?}");
+    assert!(!got[2].is_empty() && !got[3].is_empty(), "the trusted connections sent no hello");
     assert!(!got.concat().windows(6).any(|w| w == b"secret"));
+}
+
+/// chctl with `args` as user `uid` (its group the same number).
+fn ctl_as(uid: u32, socket: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(chctl_path());
+    cmd.arg("--socket").arg(socket).args(args).env_remove("CHD_SERVER_USER");
+    if uid != 0 {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().unwrap()
 }
 
 /// Item 8: group membership was read from `/proc/<pid>` of whatever process holds the peer's
