@@ -62,8 +62,14 @@ fn spawn(chd: &mut Chd, point: Option<&str>) -> PathBuf {
 
 /// Runs chd to its end (it is expected to refuse to start); returns its log.
 fn refused(chd: &mut Chd) -> String {
-    let status = chd.child.take().unwrap().wait().unwrap();
-    assert!(!status.success(), "chd started: {}", chd.log());
+    let mut status = None;
+    let child = chd.child.as_mut().unwrap();
+    wait_for("chd to refuse to start", Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    chd.child = None;
+    assert!(!status.unwrap().success(), "chd stopped cleanly: {}", chd.log());
     chd.log()
 }
 
