@@ -307,6 +307,11 @@ fn sighup_reloads_the_log_level_and_never_stops_chd() {
     chd.wait_all_up(Duration::from_secs(60));
     let workers = chd.worker_pids();
     let read_log = || std::fs::read_to_string(&log_path).unwrap();
+    // A terminal's hangup goes to the whole process group: chd catches it, its workers ignore it.
+    assert!(signal_mask(chd.pid(), "SigCgt") & 1 != 0, "chd does not catch SIGHUP");
+    for &w in &workers {
+        assert!(signal_mask(w, "SigIgn") & 1 != 0, "worker {w} does not ignore SIGHUP");
+    }
 
     std::fs::write(&config, "log_level = \"debug\"\nnodes = 5\n").unwrap();
     common::signal(chd.pid(), libc::SIGHUP);
@@ -324,4 +329,11 @@ fn sighup_reloads_the_log_level_and_never_stops_chd() {
     wait_for("the refusal", Duration::from_secs(10), || read_log().contains("configuration not reloaded"));
     chd.set("k", "w");
     assert!(chd.term().success());
+}
+
+/// A signal mask line of `/proc/<pid>/status` (bit n-1 for signal n).
+fn signal_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    u64::from_str_radix(line[field.len() + 1..].trim(), 16).unwrap()
 }
