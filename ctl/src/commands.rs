@@ -39,6 +39,35 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
             other => bail!("unexpected answer: {other:?}"),
         },
         Command::Del { key } => expect_done(client.call(Request::Del { key: key.into_bytes() })?)?,
+        Command::Keys { prefix, limit } => {
+            let mut out = std::io::stdout().lock();
+            let (mut cursor, mut shown) = (0, 0u64);
+            loop {
+                let request = Request::Scan { cursor, prefix: prefix.clone().into_bytes(), count: 1000 };
+                let Response::Keys { keys, cursor: next } = client.call(request)? else { bail!("unexpected answer") };
+                for k in keys {
+                    if limit.is_some_and(|l| shown >= l) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    out.write_all(&k)?;
+                    out.write_all(b"\n")?;
+                    shown += 1;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            out.flush()?;
+        }
+        Command::Exists { key } => match client.call(Request::Exists { key: key.clone().into_bytes() })? {
+            Response::Exists(true) => println!("{key} exists"),
+            Response::Exists(false) => {
+                eprintln!("chctl: no such key: {key}");
+                return Ok(ExitCode::from(1));
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
         Command::Status { json } => {
             let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
             if json {

@@ -33,6 +33,18 @@ pub enum Command {
     Get { key: String },
     /// Delete KEY.
     Del { key: String },
+    /// List live keys, one per line, newest version across replicas (streamed, never the whole
+    /// key space at once).
+    Keys {
+        /// Only keys starting with P.
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+        /// Stop after N keys.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Exit 0 if KEY exists, 1 if not.
+    Exists { key: String },
     /// Show chd and its nodes.
     Status {
         /// One JSON object instead of a table.

@@ -44,6 +44,14 @@ pub struct ConfigArgs {
     /// what a crash left behind [default: true].
     #[arg(long, value_name = "BOOL")]
     pub startup_repair: Option<bool>,
+    /// Socket of the Redis-protocol (RESP) endpoint, or `none` [default: chd-resp.sock next to
+    /// the socket].
+    #[arg(long, value_name = "PATH|none")]
+    pub resp_socket: Option<String>,
+    /// Also serve RESP over TCP on this loopback address, e.g. 127.0.0.1:6379 (needs
+    /// `requirepass` in the config file) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub resp_listen: Option<String>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -59,6 +67,23 @@ struct FileConfig {
     allowed_group: Option<String>,
     log_level: Option<String>,
     startup_repair: Option<bool>,
+    resp_socket: Option<String>,
+    resp_listen: Option<String>,
+    /// Allows `resp_listen` on an address other than loopback.
+    resp_listen_any: Option<bool>,
+    /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
+    /// does not show in the process list.
+    requirepass: Option<String>,
+}
+
+/// A password; never printed.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +102,12 @@ pub struct Settings {
     pub allowed_group: Option<(String, u32)>,
     pub log_level: String,
     pub startup_repair: bool,
+    /// The RESP endpoint's Unix socket; `None` when turned off.
+    pub resp_socket: Option<PathBuf>,
+    /// The RESP endpoint's TCP address, if any.
+    pub resp_listen: Option<std::net::SocketAddr>,
+    pub resp_listen_any: bool,
+    pub requirepass: Option<Secret>,
 }
 
 impl Settings {
@@ -109,6 +140,31 @@ impl Settings {
         };
         let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
         let startup_repair = args.startup_repair.or(file.startup_repair).unwrap_or(true);
+        let resp_socket = match args.resp_socket.clone().or(file.resp_socket) {
+            Some(s) if s == "none" => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => default_resp_socket(&socket),
+        };
+        let resp_listen_any = file.resp_listen_any.unwrap_or(false);
+        let requirepass = file.requirepass.map(Secret);
+        let resp_listen = match args.resp_listen.clone().or(file.resp_listen) {
+            None => None,
+            Some(a) if a == "none" => None,
+            Some(a) => {
+                let addr: std::net::SocketAddr =
+                    a.parse().with_context(|| format!("resp_listen: {a:?} is not an address like 127.0.0.1:6379"))?;
+                if requirepass.as_ref().is_none_or(|p| p.0.is_empty()) {
+                    bail!("resp_listen: TCP needs a password; set requirepass in the config file");
+                }
+                if !addr.ip().is_loopback() && !resp_listen_any {
+                    bail!("resp_listen: {addr} is not a loopback address; set resp_listen_any = true in the config file to allow it");
+                }
+                Some(addr)
+            }
+        };
+        if resp_socket.as_ref() == Some(&socket) {
+            bail!("resp_socket: must differ from socket");
+        }
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| anyhow::anyhow!("log_level: {log_level:?} is not a level or filter: {e}"))?;
 
@@ -140,6 +196,10 @@ impl Settings {
             allowed_group,
             log_level,
             startup_repair,
+            resp_socket,
+            resp_listen,
+            resp_listen_any,
+            requirepass,
         })
     }
 
@@ -162,6 +222,8 @@ impl Settings {
             ("socket_mode", self.socket_mode != new.socket_mode),
             ("allowed_group", self.allowed_group != new.allowed_group),
             ("startup_repair", self.startup_repair != new.startup_repair),
+            ("resp_socket", self.resp_socket != new.resp_socket),
+            ("resp_listen", self.resp_listen != new.resp_listen),
         ] {
             if differs {
                 restart.push(key);
@@ -190,8 +252,29 @@ impl Settings {
         }
         s += &format!("log_level = \"{}\"\n", self.log_level);
         s += &format!("startup_repair = {}\n", self.startup_repair);
+        match &self.resp_socket {
+            Some(p) => s += &format!("resp_socket = {}\n", q(p)),
+            None => s += "resp_socket = \"none\"\n",
+        }
+        match &self.resp_listen {
+            Some(a) => s += &format!("resp_listen = \"{a}\"\n"),
+            None => s += "# resp_listen: off\n",
+        }
+        s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
+        if self.requirepass.is_some() {
+            s += "# requirepass: set (not shown)\n";
+        }
         s
     }
+}
+
+/// `<stem>-resp.sock` next to the socket (`chd.sock` gives `chd-resp.sock`), so that two chd
+/// with sockets in one directory get two RESP sockets. Off, rather than a failed start, when
+/// that path would not fit a Unix socket address (107 bytes).
+fn default_resp_socket(socket: &Path) -> Option<PathBuf> {
+    let stem = socket.file_stem()?.to_string_lossy();
+    let p = socket.with_file_name(format!("{stem}-resp.sock"));
+    (p.as_os_str().len() <= 107).then_some(p)
 }
 
 fn load_file(explicit: Option<&Path>) -> anyhow::Result<(Option<PathBuf>, FileConfig)> {
@@ -281,6 +364,39 @@ mod tests {
         let again = Settings::resolve(&ConfigArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
         assert_eq!(again.data_dir, s.data_dir);
         assert_eq!((again.nodes, again.replicas, again.write_quorum), (6, 2, 2));
+    }
+
+    #[test]
+    fn resp_endpoint_settings() {
+        let s = Settings::resolve(&args(|_| {})).unwrap();
+        assert_eq!(s.resp_socket, Some(PathBuf::from("/tmp/x-resp.sock")));
+        assert_eq!(s.resp_listen, None);
+        let s = Settings::resolve(&args(|a| a.resp_socket = Some("none".into()))).unwrap();
+        assert_eq!(s.resp_socket, None);
+        let s = Settings::resolve(&args(|a| a.socket = Some("/run/x/chd-7.sock".into()))).unwrap();
+        assert_eq!(s.resp_socket, Some(PathBuf::from("/run/x/chd-7-resp.sock")));
+        let long = format!("/{}/chd.sock", "d".repeat(96));
+        let s = Settings::resolve(&args(|a| a.socket = Some(long.into()))).unwrap();
+        assert_eq!(s.resp_socket, None, "a default that cannot be bound turns RESP off");
+        let e = Settings::resolve(&args(|a| a.resp_listen = Some("127.0.0.1:6379".into()))).unwrap_err();
+        assert!(e.to_string().contains("requirepass"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("chd.toml");
+        std::fs::write(&f, "requirepass = \"pw\"\n").unwrap();
+        let with = |addr: &str| {
+            let f = f.clone();
+            let addr = addr.to_string();
+            Settings::resolve(&args(move |a| {
+                a.config = Some(f);
+                a.resp_listen = Some(addr);
+            }))
+        };
+        assert_eq!(with("127.0.0.1:6379").unwrap().resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
+        let e = with("0.0.0.0:6379").unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+        std::fs::write(&f, "requirepass = \"pw\"\nresp_listen_any = true\n").unwrap();
+        assert!(with("0.0.0.0:6379").is_ok());
+        assert!(!with("127.0.0.1:1").unwrap().render().contains("pw"));
     }
 
     #[test]

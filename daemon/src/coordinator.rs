@@ -52,8 +52,25 @@ impl KeyLocks {
     /// Waits for the key's turn. Waiters are served in arrival order (tokio's mutex is fair),
     /// so requests pipelined on one connection apply in the order they were sent.
     pub async fn lock(&self, key: &[u8]) -> OwnedMutexGuard<()> {
-        let h = self.hasher.hash_one(key);
-        self.stripes[h as usize % LOCK_STRIPES].clone().lock_owned().await
+        self.stripes[self.stripe(key)].clone().lock_owned().await
+    }
+
+    /// Takes the locks of all `keys` (for commands that must see and change several keys at
+    /// once, such as MSETNX). Stripes are taken in ascending order, each once, so two such
+    /// callers cannot deadlock and two keys sharing a stripe do not wait for themselves.
+    pub async fn lock_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<OwnedMutexGuard<()>> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe(k.as_ref())).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.stripes[s].clone().lock_owned().await);
+        }
+        guards
+    }
+
+    fn stripe(&self, key: &[u8]) -> usize {
+        self.hasher.hash_one(key) as usize % LOCK_STRIPES
     }
 }
 
@@ -132,13 +149,14 @@ impl Coordinator {
         let mut calls = JoinSet::new();
         // Encoded once and shared by every replica's link.
         let req = link::encode(&WorkerRequest::Put { key: key.to_vec(), record: record.clone() });
+        let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
                 continue;
             }
             let Some(link) = x.link else { continue };
             let req = req.clone();
-            calls.spawn(async move { (x.id, link.call_encoded(req, CALL_TIMEOUT).await) });
+            calls.spawn(async move { (x.id, link.call_encoded(req, timeout).await) });
         }
         drop(req);
         let mut disk_full = None;
@@ -166,9 +184,34 @@ impl Coordinator {
     }
 }
 
+/// How long a replica may take to store a write of `bytes`: [`CALL_TIMEOUT`], plus time to
+/// move and sync a large value at a slow disk's pace (10 MB/s), so that a 32 MiB write on a
+/// busy disk is not counted as a failed replica.
+fn put_timeout(bytes: usize) -> Duration {
+    CALL_TIMEOUT + Duration::from_secs_f64(bytes as f64 / 10e6)
+}
+
 async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {
     match link.call(WorkerRequest::Get { key }, CALL_TIMEOUT).await {
         Ok(WorkerResponse::Record(r)) => Ok(r),
         _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lock_many_takes_a_shared_stripe_once_and_excludes_single_locks() {
+        let locks = KeyLocks::default();
+        // Many keys: some share a stripe; taking them all must not wait on itself.
+        let keys: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let guards = locks.lock_many(&keys).await;
+        assert!(guards.len() < keys.len());
+        let single = tokio::time::timeout(Duration::from_millis(20), locks.lock(&keys[7])).await;
+        assert!(single.is_err(), "a key held by lock_many was locked again");
+        drop(guards);
+        let _again = locks.lock(&keys[7]).await;
     }
 }

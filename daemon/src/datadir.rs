@@ -11,6 +11,13 @@
 //!
 //! Every file is replaced atomically (write to a temporary, fsync, rename, fsync the directory),
 //! so a crash leaves either the old or the new content.
+//!
+//! Every name chd makes is durable before anything depends on it, because a power cut keeps
+//! only what was fsynced, directory entries included (a process crash keeps the page cache and
+//! hides such holes): the data dir and `nodes/` are fsynced into their parents when opened,
+//! `nodes/<id>` into `nodes/` before its worker is spawned ([`create_dir_durable`]), `quarantine/`
+//! into the data dir before anything is moved there, and a deleted node directory's removal is
+//! fsynced too. What a worker creates inside `nodes/<id>` is the worker's to make durable.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -83,7 +90,7 @@ impl DataDir {
         lock.set_len(0)?;
         lock.rewind()?;
         write!(lock, "{}", std::process::id())?;
-        fs::create_dir_all(root.join("nodes"))?;
+        create_dir_durable(&root.join("nodes")).with_context(|| format!("cannot create {}/nodes", root.display()))?;
         Ok(DataDir { root: fs::canonicalize(root)?, _lock: lock })
     }
 
@@ -93,6 +100,13 @@ impl DataDir {
 
     pub fn node_dir(&self, id: NodeId) -> PathBuf {
         self.root.join("nodes").join(id.to_string())
+    }
+
+    /// Deletes the database of a node that left, durably: a power cut must not bring back a
+    /// directory that chd believes gone.
+    pub fn remove_node_dir(&self, id: NodeId) -> std::io::Result<()> {
+        fs::remove_dir_all(self.node_dir(id))?;
+        sync_dir_io(&self.root.join("nodes"))
     }
 
     pub fn load_cluster(&self) -> anyhow::Result<Option<ClusterFile>> {
@@ -127,7 +141,9 @@ impl DataDir {
             return Ok(None);
         }
         let q = self.root.join("quarantine");
-        fs::create_dir_all(&q)?;
+        // Durable in the data dir first: a rename into a directory a cut can undo would lose the
+        // database with it.
+        create_dir_durable(&q).with_context(|| format!("cannot create {}", q.display()))?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut to = q.join(format!("node-{id}-{stamp}"));
         let mut n = 1;
@@ -136,24 +152,34 @@ impl DataDir {
             n += 1;
         }
         fs::rename(&from, &to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        // The new name first: a cut between the two leaves the database under both names, never
+        // under neither.
         sync_dir(&q)?;
         sync_dir(&self.root.join("nodes"))?;
         Ok(Some(to))
     }
 }
 
-/// Creates `dir` with exactly `mode` (its parents as the umask says), or narrows an existing
-/// one to within `mode`; never widens what the operator set.
+/// Creates `dir` with exactly `mode` (its parents as the umask says) and makes its name
+/// durable, or narrows an existing one to within `mode`; never widens what the operator set.
 fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
+    let parent = parent_of(dir);
+    if !parent.is_dir() {
+        create_dir_durable(parent)?;
     }
     let created = match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(e),
     };
+    if created {
+        sync_dir_io(parent)?;
+    } else {
+        // Made by someone else (an installer, a chd killed before its fsync): make its name
+        // durable if we may; a parent we cannot open is not ours to worry about.
+        let _ = sync_dir_io(parent);
+    }
     let now = fs::metadata(dir)?.permissions().mode() & 0o7777;
     let want = if created { mode } else { now & mode };
     if now != want {
@@ -177,9 +203,37 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    sync_dir_io(dir).with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
     let d = File::open(dir)?;
     nix::unistd::fsync(d.as_fd())?;
     Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Creates `dir` (and missing ancestors) if needed, and makes its name durable: fsyncs its
+/// parent, also when `dir` already existed, since an earlier process may have made it and died
+/// (or been killed) before that fsync, leaving a name that only the page cache holds.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir_durable(parent_of(dir))?;
+            match fs::create_dir(dir) {
+                Err(e) if !(e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir()) => return Err(e),
+                _ => {}
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    sync_dir_io(parent_of(dir))
 }
 
 #[cfg(test)]
@@ -217,5 +271,26 @@ mod tests {
         let to = d.quarantine(1).unwrap().unwrap();
         assert_eq!(fs::read(to.join("db")).unwrap(), b"precious");
         assert!(!d.node_dir(1).exists());
+    }
+
+    #[test]
+    fn create_dir_durable_makes_missing_ancestors_and_accepts_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).unwrap();
+        fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(create_dir_durable(&dir.path().join("file")).is_err(), "a file is not a directory");
+    }
+
+    #[test]
+    fn a_removed_node_dir_stays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(&dir.path().join("data"), 0o700).unwrap();
+        create_dir_durable(&d.node_dir(4)).unwrap();
+        fs::write(d.node_dir(4).join("db"), b"x").unwrap();
+        d.remove_node_dir(4).unwrap();
+        assert!(!d.node_dir(4).exists());
     }
 }

@@ -9,6 +9,8 @@ mod frame;
 mod layout;
 mod membership;
 mod repair;
+mod resp;
+mod scan;
 mod server;
 mod storage;
 mod supervisor;

@@ -77,7 +77,7 @@ fn refused(chd: &mut Chd) -> String {
 #[test]
 fn the_socket_never_exists_with_a_wider_mode_than_configured() {
     let mut chd = unstarted(&[]);
-    let pause = spawn(&mut chd, Some("socket-bound"));
+    let pause = spawn(&mut chd, Some("socket-bound:chd.sock"));
     // The moment between bind and the old chmod: the socket exists, chd does not serve yet.
     assert_eq!(mode(&chd.socket), 0o600, "socket mode right after bind, umask 000");
     std::fs::remove_file(pause).unwrap();
@@ -120,7 +120,7 @@ fn the_socket_directory_is_private_even_when_someone_makes_it_first() {
     // Someone else makes the directory between chd's look and its mkdir, open to all.
     let mut chd = unstarted(&[]);
     chd.socket = chd.dir.path().join("run").join("chd.sock");
-    let pause = spawn(&mut chd, Some("socket-dir"));
+    let pause = spawn(&mut chd, Some("socket-dir:chd.sock"));
     let dir = chd.dir.path().join("run");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -90,6 +90,20 @@ pub enum Request {
     Plan {
         change: Change,
     },
+    /// Live keys starting with `prefix`, from partition `cursor` on, at least `count` of them
+    /// unless the end is reached (whole partitions are returned). Answered with
+    /// [`Response::Keys`]; its cursor 0 means done.
+    Scan {
+        cursor: u32,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        count: u32,
+    },
+    /// Whether a key exists, without sending its value back. Answered with [`Response::Exists`].
+    Exists {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// A membership change.
@@ -113,7 +127,7 @@ impl Request {
             }
         };
         match self {
-            Request::Get { key } | Request::Del { key } => check_key(key),
+            Request::Get { key } | Request::Del { key } | Request::Exists { key } => check_key(key),
             Request::Set { key, value } => {
                 check_key(key)?;
                 if value.len() > MAX_VALUE {
@@ -146,6 +160,13 @@ pub enum Response {
         added: Vec<NodeId>,
     },
     Plan(PlanReport),
+    /// Keys of a scan, ascending within each partition, and the cursor to continue from (0:
+    /// the scan is complete).
+    Keys {
+        keys: Vec<serde_bytes::ByteBuf>,
+        cursor: u32,
+    },
+    Exists(bool),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

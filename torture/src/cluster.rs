@@ -177,31 +177,20 @@ impl Cluster {
 
     /// Runs chctl against this chd; kills it after `limit`.
     pub fn chctl(&self, args: &[&str], limit: Duration) -> anyhow::Result<Output> {
-        let mut child = Command::new(&self.chctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.chctl.display()))?;
-        let start = Instant::now();
-        while child.try_wait()?.is_none() {
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                bail!("chctl {} took longer than {limit:?}; stderr: {}", args.join(" "), lossy(&out.stderr));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(child.wait_with_output()?)
+        self.chctl_runner().run(args, limit)
+    }
+
+    /// What it takes to run chctl against this chd from another thread.
+    pub fn chctl_runner(&self) -> Chctl {
+        Chctl { exe: self.chctl.clone(), socket: self.socket.clone() }
     }
 
     pub fn node_dir(&self, id: u32) -> PathBuf {
         self.data.join("nodes").join(id.to_string())
     }
+}
 
+impl Cluster {
     /// Stops chd and unmounts the tmpfs, if any.
     pub fn shutdown(&mut self) {
         self.stop();
@@ -230,4 +219,35 @@ pub fn signal(pid: u32, sig: i32) -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// chctl, pointed at one chd.
+pub struct Chctl {
+    exe: PathBuf,
+    socket: PathBuf,
+}
+
+impl Chctl {
+    /// Runs chctl with `args`, killing it after `limit`.
+    pub fn run(&self, args: &[&str], limit: Duration) -> anyhow::Result<Output> {
+        let mut child = Command::new(&self.exe)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.exe.display()))?;
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!("chctl {} took longer than {limit:?}; stderr: {}", args.join(" "), lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child.wait_with_output()?)
+    }
 }

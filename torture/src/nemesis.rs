@@ -131,7 +131,11 @@ impl Iterator for Schedule {
             return None;
         }
         let kind = self.enabled[self.rng.below(self.enabled.len() as u64) as usize];
-        let gap = Duration::from_millis(self.rng.range(1000, 3000));
+        // 1 to 3 s, start to start, shorter ones likelier (mean 1.5 s): holds of 1-6 s and
+        // membership changes take their own time, and a 10-minute run should still see a few
+        // hundred faults.
+        let u = self.rng.unit();
+        let gap = Duration::from_millis(1000 + (2000.0 * u * u * u) as u64);
         let hold = match kind {
             FaultKind::StopOne | FaultKind::StopChd => Duration::from_millis(self.rng.range(1000, 6000)),
             FaultKind::DiskFull => Duration::from_millis(self.rng.range(1000, 3000)),
@@ -179,19 +183,24 @@ pub struct Nemesis<'a> {
     pub records: Vec<FaultRecord>,
     /// Set when chd could not be restarted: nothing more can be done.
     pub broken: Option<String>,
+    /// A membership change running in the background (chctl following it), and what it is.
+    change: Option<(std::thread::JoinHandle<anyhow::Result<std::process::Output>>, String)>,
 }
 
 impl<'a> Nemesis<'a> {
     pub fn new(cluster: &'a mut Cluster, clock: Clock, out: &Path) -> anyhow::Result<Nemesis<'a>> {
         let log = BufWriter::new(File::create(out.join("faults.jsonl"))?);
-        Ok(Nemesis { cluster, clock, log, records: Vec::new(), broken: None })
+        Ok(Nemesis { cluster, clock, log, records: Vec::new(), broken: None, change: None })
     }
 
     /// Runs faults from `schedule` until `until` (run time, seconds).
     pub fn run(&mut self, schedule: &mut Schedule, until: f64) {
         let mut pending: Option<FaultRecord> = None;
         for planned in schedule.by_ref() {
-            let next_at = self.clock.now() + planned.gap.as_secs_f64();
+            // Faults start every 1-3 s, counted from the start of the previous one; one that is
+            // still being held when the next is due delays it (one fault at a time).
+            let last_start = pending.as_ref().map(|p| p.start);
+            let next_at = last_start.map_or(self.clock.now(), |s| s.max(0.0)) + planned.gap.as_secs_f64();
             // During the gap, watch for the moment the last fault has healed.
             while self.clock.now() < next_at.min(until) {
                 if let Some(p) = pending.as_mut().filter(|p| p.all_up_at.is_none()) {
@@ -217,6 +226,7 @@ impl<'a> Nemesis<'a> {
             );
             pending = Some(record);
         }
+        self.finish_change();
         if let Some(mut p) = pending.take() {
             if self.cluster.all_up_without(&p.killed) {
                 p.all_up_at = Some(self.clock.now());
@@ -251,6 +261,10 @@ impl<'a> Nemesis<'a> {
             all_up_at: None,
             killed: Vec::new(),
         };
+        if kind.destructive() || kind.membership() {
+            // One membership change at a time, and nothing destroyed while data moves.
+            self.finish_change();
+        }
         if (kind.destructive() || kind.membership()) && !all_up_before {
             // Never destroy a second replica, never change membership on a degraded cluster.
             if !self.cluster.wait_all_up(Duration::from_secs(30)) {
@@ -273,6 +287,22 @@ impl<'a> Nemesis<'a> {
         }
         r.end = self.clock.now();
         r
+    }
+
+    /// Waits for the membership change running in the background, if any, and logs how it
+    /// ended. A chctl cut off by a fault (chd killed or stopped meanwhile) is no failure of
+    /// chd: the change resumes, and the verdict checks that it finished.
+    fn finish_change(&mut self) {
+        let Some((handle, what)) = self.change.take() else { return };
+        match handle.join() {
+            Ok(Ok(out)) if out.status.success() => {
+                let text = lossy(&out.stdout);
+                eprintln!("[{:7.2}] {what}: {}", self.clock.now(), text.lines().last().unwrap_or(""));
+            }
+            Ok(Ok(out)) => eprintln!("[{:7.2}] {what}: chctl ended: {}", self.clock.now(), lossy(&out.stderr).trim()),
+            Ok(Err(e)) => eprintln!("[{:7.2}] {what}: {e:#}", self.clock.now()),
+            Err(_) => eprintln!("[{:7.2}] {what}: chctl thread panicked", self.clock.now()),
+        }
     }
 
     /// Nodes to pick a target from: those with a live worker.
@@ -399,13 +429,16 @@ impl<'a> Nemesis<'a> {
                         args.push(n.id.to_string());
                     }
                 }
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let out = self.cluster.chctl(&args, Duration::from_secs(120))?;
-                let text = lossy(&out.stdout);
-                r.detail = text.lines().last().unwrap_or("").to_string();
-                if !out.status.success() {
-                    anyhow::bail!("chctl {}: {}", args.join(" "), lossy(&out.stderr));
-                }
+                // The change runs in the background while other (non-destructive) faults go
+                // on: kills and stops during a migration are what it must survive.
+                let what = args.join(" ");
+                let cmd = self.cluster.chctl_runner();
+                let handle = std::thread::spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    cmd.run(&args, Duration::from_secs(120))
+                });
+                r.detail = format!("{what}: started");
+                self.change = Some((handle, what));
             }
         }
         Ok(())

@@ -446,9 +446,7 @@ pub fn sibling(name: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    // Needs the real checker: the stub in check.rs on this branch finds nothing.
     #[test]
-    #[ignore = "needs the real checker (check.rs of the checker branch)"]
     fn a_violation_is_located_at_the_stale_read_and_names_the_fault_before_it() {
         let op = |k: Kind, v: &str, s: f64| Op {
             key: "k".into(),

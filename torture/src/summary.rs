@@ -146,10 +146,16 @@ pub struct OneDown {
 
 pub fn one_down_errors(ops: &[Op], faults: &[FaultRecord], run_end: f64) -> OneDown {
     let windows = one_down_windows(faults, run_end);
-    let mut r =
-        OneDown { windows: windows.len(), seconds: windows.iter().map(|(s, e, _)| e - s).sum(), ..OneDown::default() };
+    let mut r = OneDown {
+        windows: windows.len(),
+        seconds: windows.iter().map(|(s, e, _)| e - s).fold(0.0, |a, b| a + b),
+        ..OneDown::default()
+    };
     for op in ops {
-        let Some(&(_, _, i)) = windows.iter().find(|(s, e, _)| op.start >= *s && op.start < *e) else { continue };
+        // Only operations wholly inside a window count: one still running when the next fault
+        // struck (say chd was killed) may fail because of that fault.
+        let inside = |(s, e, _): &&(f64, f64, usize)| op.start >= *s && op.end.unwrap_or(f64::INFINITY) <= *e;
+        let Some(&(_, _, i)) = windows.iter().find(inside) else { continue };
         r.ops += 1;
         if !op.known() {
             r.failed += 1;

@@ -292,9 +292,8 @@ async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring)
         let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
     }
     cluster.nodes.write().expect("nodes lock").remove(&id);
-    let dir = cluster.data.node_dir(id);
     match confirmed {
-        Ok(()) => match std::fs::remove_dir_all(&dir) {
+        Ok(()) => match cluster.data.remove_node_dir(id) {
             Ok(()) => info!(node = id, "node left; its records are confirmed on the new owners; database deleted"),
             Err(e) => error!(node = id, error = %e, "cannot delete the database of a node that left"),
         },

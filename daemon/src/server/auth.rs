@@ -13,6 +13,8 @@ use nix::unistd::{Gid, Uid, User};
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
+    /// Only to name the client (logs, RESP `CLIENT LIST`); never to decide anything.
+    pub pid: Option<i32>,
 }
 
 pub fn allowed(peer: &Peer, allowed_gid: Option<u32>) -> bool {
@@ -44,7 +46,7 @@ mod tests {
     #[test]
     fn root_self_and_the_allowed_group_by_uid_pass_and_nobody_else() {
         let db = |uid: u32, _gid: u32| if uid == 1001 { vec![1001, 50] } else { vec![uid] };
-        let peer = |uid, gid| Peer { uid, gid };
+        let peer = |uid, gid| Peer { uid, gid, pid: Some(1) };
         assert!(allowed_with(&peer(0, 0), 999, None, db));
         assert!(allowed_with(&peer(999, 999), 999, None, db));
         assert!(!allowed_with(&peer(1001, 1001), 999, None, db));

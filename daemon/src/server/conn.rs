@@ -32,7 +32,7 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch::Receiver<bool>) {
     let peer = match stream.peer_cred() {
-        Ok(c) => Peer { uid: c.uid(), gid: c.gid() },
+        Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
         Err(_) => return,
     };
     let (mut rd, mut wr) = stream.into_split();
@@ -128,7 +128,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = match &request {
-            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } => {
+            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } | Request::Exists { key } => {
                 Some(server.coordinator.locks.lock(key).await)
             }
             _ => None,

@@ -31,6 +31,20 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
         Request::NodeRemove { id } => change(server, Change::Remove { id }).await,
         Request::NodeReplace { id } => change(server, Change::Replace { id }).await,
         Request::Plan { change } => membership::dry_run(&server.cluster, change).await.map(Response::Plan),
+        Request::Exists { key } => server.coordinator.read(&key).await.map(|v| Response::Exists(v.is_some())),
+        Request::Scan { cursor, prefix, count } => {
+            let partitions = server.cluster.ring().partitions();
+            let mut p = cursor.min(partitions);
+            let (mut keys, mut bytes) = (Vec::new(), 0);
+            // Whole partitions, until `count` keys or a few MiB (well under the frame limit).
+            while p < partitions && keys.len() < count.max(1) as usize && bytes < (4 << 20) {
+                let page = crate::scan::partition_keys(&server.cluster, p, &prefix).await?;
+                bytes += page.iter().map(|k| k.len() + 8).sum::<usize>();
+                keys.extend(page.into_iter().map(serde_bytes::ByteBuf::from));
+                p += 1;
+            }
+            Ok(Response::Keys { keys, cursor: if p >= partitions { 0 } else { p } })
+        }
         Request::Progress { id } => {
             let nodes = server.cluster.nodes.read().expect("nodes lock");
             let slot = nodes.get(&id).ok_or(Error::NoSuchNode(id))?;

@@ -1,6 +1,6 @@
 //! chd's front: the Unix socket, its connections, and the life cycle of the daemon.
 
-mod auth;
+pub(crate) mod auth;
 mod conn;
 mod handlers;
 
@@ -22,6 +22,7 @@ use crate::coordinator::{Coordinator, KeyLocks};
 use crate::datadir::{ClusterFile, DataDir};
 use crate::membership;
 use crate::repair;
+use crate::resp;
 use crate::supervisor::{self, spawn::Spawner, Event};
 use crate::versions::Versions;
 
@@ -61,6 +62,10 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     // Absolute paths from here on: workers and status output do not depend on chd's cwd.
     settings.data_dir = data.root().to_path_buf();
     settings.socket = std::path::absolute(&settings.socket)?;
+    if let Some(resp) = settings.resp_socket.clone() {
+        refuse_live_socket(&resp)?;
+        settings.resp_socket = Some(std::path::absolute(resp)?);
+    }
     let (mut file, created) = match data.load_cluster()? {
         Some(f) => {
             if settings.replicas_explicit && f.ring.replicas() != settings.replicas {
@@ -102,6 +107,20 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     }
     let listener = bind(&settings.socket, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?;
     let socket_id = file_id(&settings.socket);
+    // The RESP endpoint: the same bind (stale-socket detection, mode, group) as the main socket.
+    let resp_listener = match &settings.resp_socket {
+        Some(p) => Some(bind(p, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?),
+        None => None,
+    };
+    let resp_socket_id = settings.resp_socket.as_deref().and_then(file_id);
+    let resp_tcp = match settings.resp_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("resp_listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
@@ -147,6 +166,14 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
+    if let Some(l) = resp_listener {
+        info!(socket = %settings.resp_socket.as_ref().expect("resp socket").display(), "serving RESP");
+        resp::serve_unix(server.clone(), l, stop_rx.clone(), conn_tx.clone());
+    }
+    if let Some(l) = resp_tcp {
+        info!(address = ?settings.resp_listen, "serving RESP over TCP (AUTH required)");
+        resp::serve_tcp(server.clone(), l, stop_rx.clone(), conn_tx.clone());
+    }
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
@@ -176,9 +203,13 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(listener);
-    // Only the socket chd made: whatever replaced it since is not chd's to remove.
+    // Only the sockets chd made: whatever replaced one since is not chd's to remove.
     if socket_id.is_some() && file_id(&settings.socket) == socket_id {
         let _ = std::fs::remove_file(&settings.socket);
+    }
+    if let Some(p) = settings.resp_socket.as_ref().filter(|p| resp_socket_id.is_some() && file_id(p) == resp_socket_id)
+    {
+        let _ = std::fs::remove_file(p);
     }
     let _ = stop_tx.send(true);
     drop(conn_tx);
@@ -203,11 +234,14 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
 /// Binds the socket, refusing if a live chd answers on it and replacing a stale socket left by
 /// one that was killed. The socket is born with its final mode (the umask is set around
 /// `bind`), so it is never reachable with a wider one, not even for a moment.
-fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Pause points are named after the socket: chd binds more than one (RESP).
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    pause_point_blocking(&format!("socket-dir:{name}"));
     prepare_socket_dir(dir, group)?;
     remove_stale_socket(path)?;
     // The umask is process-wide: this runs before the spawner thread and any task that creates
@@ -216,7 +250,7 @@ fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListen
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
-    pause_point_blocking("socket-bound");
+    pause_point_blocking(&format!("socket-bound:{name}"));
     // The allowed group owns the socket, so that a mode like 0660 lets its members in. Until
     // then the group is chd's own, whose members the credential check still refuses.
     if let Some(gid) = group.filter(|&g| g != nix::unistd::Gid::effective().as_raw()) {
@@ -238,7 +272,6 @@ fn prepare_socket_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
             .create(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    pause_point_blocking("socket-dir");
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => info!(dir = %dir.display(), "created the socket directory"),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -5,6 +5,9 @@
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so a spawn from a
 //! short-lived thread would kill the worker with that thread.
 //!
+//! Before each spawn the node's directory is created if missing and fsynced into `nodes/`
+//! (see [`crate::datadir`]), so no worker ever writes into a directory a power cut could undo.
+//!
 //! A worker is signalled only through its [`Process`]: a pidfd opened before anyone could reap
 //! the child, so a signal can never reach another process that got the pid after the worker
 //! was reaped (pids wrap: `pid_max` is 32768 on many hosts). Where pidfds are missing (Linux
@@ -66,6 +69,9 @@ impl Spawner {
 }
 
 fn spawn(exe: &std::path::Path, id: NodeId, dir: &std::path::Path, partitions: u32) -> io::Result<Spawned> {
+    // The worker's database lives in `dir`; its name must be durable before the worker
+    // acknowledges anything written there, or a power cut takes the whole node.
+    crate::datadir::create_dir_durable(dir)?;
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;

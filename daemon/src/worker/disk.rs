@@ -75,7 +75,8 @@ pub fn write_bytes(req: &WorkerRequest) -> Option<u64> {
         | WorkerRequest::DropPartition { .. }
         | WorkerRequest::Shutdown
         | WorkerRequest::PartitionStats { .. }
-        | WorkerRequest::NonEmptyPartitions => None,
+        | WorkerRequest::NonEmptyPartitions
+        | WorkerRequest::Keys { .. } => None,
     }
 }
 

@@ -9,6 +9,9 @@
 //! stopped) makes callers wait and time out instead of piling up values in chd. A write to R
 //! replicas is encoded once and shared ([`WorkerLink::call_encoded`]): a 32 MiB value costs
 //! chd one copy, not one per replica.
+//!
+//! A `Ping` goes on a queue of its own that the writer empties first: a health check waits for
+//! at most the frame being written, never for the large writes queued before it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,13 +56,16 @@ enum Msg {
 struct Queued {
     msg: Msg,
     reply: oneshot::Sender<WorkerResponse>,
-    /// Its share of [`MAX_QUEUED_BYTES`], given back once written.
-    _bytes: OwnedSemaphorePermit,
+    /// Its share of [`MAX_QUEUED_BYTES`], given back once written (none for a ping: a health
+    /// check never waits for room behind queued writes).
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Clone)]
 pub struct WorkerLink {
     tx: mpsc::UnboundedSender<Queued>,
+    /// Pings, written before anything waiting in `tx`.
+    ping_tx: mpsc::UnboundedSender<Queued>,
     closed: Arc<AtomicBool>,
     /// In KiB: a semaphore takes at most u32::MAX permits at once.
     queued_kib: Arc<Semaphore>,
@@ -76,6 +82,7 @@ impl WorkerLink {
     pub fn start(stream: UnixStream) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
         let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+        let (ping_tx, mut ping_rx) = mpsc::unbounded_channel::<Queued>();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (hello_tx, hello_rx) = oneshot::channel();
@@ -88,7 +95,13 @@ impl WorkerLink {
             // Written after `buf`: large pre-encoded messages, each with its frame header.
             let mut large: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
             let mut permits = Vec::new();
-            while let Some(first) = rx.recv().await {
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    Some(ping) = ping_rx.recv() => ping,
+                    Some(q) = rx.recv() => q,
+                    else => break,
+                };
                 let mut item = Some(first);
                 while let Some(Queued { msg, reply, _bytes }) = item.take() {
                     writer_pending.lock().expect("pending lock").insert(next_id, reply);
@@ -109,7 +122,9 @@ impl WorkerLink {
                     }
                     permits.push(_bytes);
                     next_id += 1;
-                    if buf.len() < (1 << 20) && large.is_empty() {
+                    if let Ok(ping) = ping_rx.try_recv() {
+                        item = Some(ping);
+                    } else if buf.len() < (1 << 20) && large.is_empty() {
                         item = rx.try_recv().ok();
                     }
                 }
@@ -152,7 +167,7 @@ impl WorkerLink {
         });
 
         let queued_kib = Arc::new(Semaphore::new(MAX_QUEUED_BYTES >> 10));
-        (WorkerLink { tx, closed, queued_kib }, hello_rx, closed_rx)
+        (WorkerLink { tx, ping_tx, closed, queued_kib }, hello_rx, closed_rx)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -176,14 +191,20 @@ impl WorkerLink {
             return Err(LinkError::Closed);
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let ping = matches!(msg, Msg::Plain(WorkerRequest::Ping));
         let kib = (size >> 10).clamp(1, MAX_QUEUED_BYTES >> 10) as u32;
-        let bytes = match tokio::time::timeout_at(deadline, self.queued_kib.clone().acquire_many_owned(kib)).await {
-            Err(_) => return Err(LinkError::Timeout(timeout)),
-            Ok(Err(_)) => return Err(LinkError::Closed),
-            Ok(Ok(p)) => p,
+        let bytes = if ping {
+            None
+        } else {
+            match tokio::time::timeout_at(deadline, self.queued_kib.clone().acquire_many_owned(kib)).await {
+                Err(_) => return Err(LinkError::Timeout(timeout)),
+                Ok(Err(_)) => return Err(LinkError::Closed),
+                Ok(Ok(p)) => Some(p),
+            }
         };
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx.send(Queued { msg, reply: reply_tx, _bytes: bytes }).map_err(|_| LinkError::Closed)?;
+        let queue = if ping { &self.ping_tx } else { &self.tx };
+        queue.send(Queued { msg, reply: reply_tx, _bytes: bytes }).map_err(|_| LinkError::Closed)?;
         match tokio::time::timeout_at(deadline, reply_rx).await {
             Err(_) => Err(LinkError::Timeout(timeout)),
             Ok(Err(_)) => Err(LinkError::Closed),

@@ -28,6 +28,7 @@ pub mod disk;
 pub mod link;
 pub mod node;
 pub mod proto;
+pub mod values;
 
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
@@ -66,10 +67,12 @@ const MAX_BATCH: usize = 512;
 /// A batch stops taking requests once it holds this many bytes of requests (it always takes
 /// at least one), so one sync never waits on gigabytes.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
-/// Bytes of requests the worker holds at most (queued plus the batch being applied). Past this
-/// the reader stops reading, and a `Ping` behind the stopped requests waits too: chd should
-/// keep fewer bytes than this in flight on one link.
-pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+/// Bytes of requests the worker holds at most (queued plus the batch being applied), a safety
+/// net for the worker's memory. Past this the reader stops reading, and a `Ping` behind the
+/// stopped requests waits until a batch is done (seen: 9 queued puts of 30 MiB to a worker
+/// with a 256 MiB limit got it killed as hung). chd must keep fewer bytes than this, less one
+/// frame, in flight on one link, so that the reader never stops.
+pub const MAX_QUEUED_BYTES: usize = 512 << 20;
 /// Most bytes of records returned by one `Versions`/`GetMany` answer (at least one record is
 /// always returned, so a maximal value still fits: see [`proto::MAX_WORKER_FRAME`]).
 const MAX_REPLY_BYTES: usize = 8 << 20;
@@ -179,7 +182,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
-    let node = match Node::open(engine, args.partitions) {
+    let node = match Node::open(engine, &args.dir, args.partitions) {
         Ok(n) => n,
         Err(e) => exit(classify(&e), "cannot read database", &e),
     };
@@ -256,11 +259,13 @@ impl ByteBudget {
     }
 }
 
-struct Queued {
-    frame: Frame<WorkerRequest>,
-    /// Size of the frame's body, for the byte limits.
-    bytes: usize,
-}
+/// A request frame's body as read: the apply loop decodes it, so that decoding a large
+/// record (slow without optimizations) never holds up the reader.
+type Queued = Vec<u8>;
+
+/// Frames this small are decoded by the reader to spot a `Ping` (an id and a tag: at most 11
+/// bytes); anything larger cannot be one.
+const SMALL_FRAME: usize = 32;
 
 /// Serves chd on `stream` until chd closes it or asks for a shutdown (`Ok`), or until a
 /// failure that must end the process (`Err`; the caller exits with its status at once).
@@ -300,9 +305,11 @@ pub fn serve<E: Engine>(
     }
 
     let mut carry: Option<Queued> = None;
-    while let Some((batch, bytes)) = next_batch(&rx, &mut carry) {
+    while let Some((bodies, bytes)) = next_batch(&rx, &mut carry, MAX_BATCH_BYTES) {
         progress.start();
-        let done = match worker.apply_batch(batch, &progress) {
+        // Each body is dropped once decoded: a batch is not held twice.
+        let batch = bodies.into_iter().map(|b| decode_request(&b)).collect::<Result<Vec<_>, Fatal>>();
+        let done = match batch.and_then(|batch| worker.apply_batch(batch, &progress)) {
             Ok(done) => done,
             Err(fatal) => {
                 // No reply: the batch's writes were not acknowledged. The engine is not dropped:
@@ -331,24 +338,28 @@ pub fn serve<E: Engine>(
 }
 
 /// The next batch: waits for one request, then takes what else has arrived, up to
-/// [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`] (a request that would pass the byte limit
-/// waits in `carry` for the next batch). `None` once the reader is gone and all is taken.
-fn next_batch(rx: &mpsc::Receiver<Queued>, carry: &mut Option<Queued>) -> Option<(Vec<Frame<WorkerRequest>>, usize)> {
+/// [`MAX_BATCH`] requests and `max_bytes` (a request that would pass the byte limit waits in
+/// `carry` for the next batch). `None` once the reader is gone and all is taken.
+fn next_batch(
+    rx: &mpsc::Receiver<Queued>,
+    carry: &mut Option<Queued>,
+    max_bytes: usize,
+) -> Option<(Vec<Queued>, usize)> {
     let first = match carry.take() {
         Some(q) => q,
         None => rx.recv().ok()?,
     };
-    let mut bytes = first.bytes;
-    let mut batch = vec![first.frame];
-    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+    let mut bytes = first.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < max_bytes {
         match rx.try_recv() {
-            Ok(q) if bytes + q.bytes > MAX_BATCH_BYTES => {
+            Ok(q) if bytes + q.len() > max_bytes => {
                 *carry = Some(q);
                 break;
             }
             Ok(q) => {
-                bytes += q.bytes;
-                batch.push(q.frame);
+                bytes += q.len();
+                batch.push(q);
             }
             Err(_) => break,
         }
@@ -356,10 +367,17 @@ fn next_batch(rx: &mpsc::Receiver<Queued>, carry: &mut Option<Queued>) -> Option
     Some((batch, bytes))
 }
 
+fn decode_request(body: &[u8]) -> Result<Frame<WorkerRequest>, Fatal> {
+    decode_body(body).map_err(|e| Fatal {
+        failure: Failure::Io,
+        why: format!("undecodable request frame of {} bytes from chd: {e}", body.len()),
+    })
+}
+
 /// The reader thread: answers pings, queues everything else. Returns `Ok` at the end of the
 /// stream (chd closed it) or when the apply loop is gone, `Err` with a reason on a frame it
-/// cannot read (too large, truncated, undecodable): the worker must not go on, and must not
-/// look like it ended cleanly either.
+/// cannot read (too large, truncated): the worker must not go on, and must not look like it
+/// ended cleanly either. (The apply loop stops the same way on a frame it cannot decode.)
 fn read_requests(
     mut input: UnixStream,
     out: &Mutex<UnixStream>,
@@ -373,15 +391,15 @@ fn read_requests(
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("cannot read a request frame from chd: {e}")),
         };
-        let frame = decode_body::<Frame<WorkerRequest>>(&body)
-            .map_err(|e| format!("undecodable request frame of {} bytes from chd: {e}", body.len()))?;
-        if frame.msg == WorkerRequest::Ping {
-            // If the socket is broken, the apply loop will find out on its next reply.
-            let _ = proto_write(out, &[Frame { id: frame.id, msg: progress.pong() }]);
-            continue;
+        if body.len() <= SMALL_FRAME {
+            if let Ok(Frame { id, msg: WorkerRequest::Ping }) = decode_body(&body) {
+                // If the socket is broken, the apply loop will find out on its next reply.
+                let _ = proto_write(out, &[Frame { id, msg: progress.pong() }]);
+                continue;
+            }
         }
         budget.take(body.len());
-        if tx.send(Queued { frame, bytes: body.len() }).is_err() {
+        if tx.send(body).is_err() {
             return Ok(());
         }
     }
@@ -507,6 +525,17 @@ fn apply<E: Engine>(node: &mut Node<E>, req: WorkerRequest, progress: &Progress)
             (R::PartitionStats(stats), false)
         }
         WorkerRequest::NonEmptyPartitions => (R::Partitions(node.non_empty_partitions()?), false),
+        WorkerRequest::Keys { partition, after, limit } => {
+            let mut page = node.keys(partition, after.as_deref(), limit as usize)?;
+            let mut bytes = 0;
+            if let Some(cut) = page.iter().position(|(k, _, _)| {
+                bytes += k.len() + 16;
+                bytes > MAX_REPLY_BYTES
+            }) {
+                page.truncate(cut.max(1));
+            }
+            (R::Keys(page), false)
+        }
     };
     Ok(Applied::Reply(reply.0, reply.1))
 }
@@ -599,7 +628,8 @@ mod tests {
     #[test]
     fn a_full_disk_refuses_writes_and_still_answers_reads() {
         let free = Arc::new(AtomicU64::new(1 << 30));
-        let node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
         let mut w = Worker { node, disk: Box::new(FakeDisk(free.clone())), reserve: RESERVE };
         let progress = Progress::new();
         let put = |k: &str, v: u64| WorkerRequest::Put { key: k.into(), record: rec(v, b"value") };
@@ -660,7 +690,8 @@ mod tests {
                 0
             }
         }
-        let node = Node::open(FullOnPut(MemoryEngine::default()), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(FullOnPut(MemoryEngine::default()), dir.path(), 4).unwrap();
         let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
         let mut w = Worker { node, disk, reserve: RESERVE };
         let batch = frames(vec![WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") }]);
@@ -668,23 +699,22 @@ mod tests {
         assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
     }
 
-    fn queued(id: u64, bytes: usize) -> Queued {
-        Queued { frame: Frame { id, msg: WorkerRequest::Stats }, bytes }
-    }
-
     #[test]
     fn a_batch_is_bounded_in_bytes_but_always_takes_one_request() {
         let (tx, rx) = mpsc::sync_channel(16);
-        let big = MAX_BATCH_BYTES / 2 + 1;
-        for (id, bytes) in [(1, big), (2, big), (3, 10), (4, 2 * MAX_BATCH_BYTES), (5, 10)] {
-            tx.send(queued(id, bytes)).unwrap();
+        const MAX: usize = 1000;
+        let big = MAX / 2 + 1;
+        // Each body is its id repeated: sizes stand for the requests.
+        for (id, bytes) in [(1, big), (2, big), (3, 10), (4, 2 * MAX), (5, 10)] {
+            tx.send(vec![id; bytes]).unwrap();
         }
         drop(tx);
         let mut carry = None;
         let mut ids = Vec::new();
-        while let Some((batch, bytes)) = next_batch(&rx, &mut carry) {
-            assert!(bytes <= MAX_BATCH_BYTES || batch.len() == 1);
-            ids.push(batch.iter().map(|f| f.id).collect::<Vec<_>>());
+        while let Some((batch, bytes)) = next_batch(&rx, &mut carry, MAX) {
+            assert!(bytes <= MAX || batch.len() == 1);
+            assert_eq!(bytes, batch.iter().map(Vec::len).sum::<usize>());
+            ids.push(batch.iter().map(|b| b[0]).collect::<Vec<_>>());
         }
         assert_eq!(ids, vec![vec![1], vec![2, 3], vec![4], vec![5]]);
     }
@@ -700,7 +730,8 @@ mod tests {
 
         // GetMany's answer: just under the reply limit of small records, then a maximal one,
         // which must still come back (alone if need be) and fit.
-        let mut node = Node::open(MemoryEngine::default(), 4).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
         let mut keys = Vec::new();
         for i in 0..7u32 {
             let k = format!("m-{i}").into_bytes();
@@ -765,16 +796,18 @@ mod tests {
     struct Chd {
         stream: UnixStream,
         worker: std::thread::JoinHandle<Result<(), Fatal>>,
+        _dir: tempfile::TempDir,
     }
 
     impl Chd {
         fn start<E: Engine + 'static>(engine: E) -> Chd {
             let (ours, theirs) = UnixStream::pair().unwrap();
             ours.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let node = Node::open(engine, 4).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::open(engine, dir.path(), 4).unwrap();
             let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
             let worker = std::thread::spawn(move || serve(node, theirs, disk, RESERVE));
-            let mut chd = Chd { stream: ours, worker };
+            let mut chd = Chd { stream: ours, worker, _dir: dir };
             assert!(matches!(chd.recv(), Frame { id: 0, msg: WorkerResponse::Hello(_) }));
             chd
         }
@@ -795,15 +828,15 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let engine = Gated { inner: MemoryEngine::default(), entered: entered_tx, gate: gate.clone() };
         let mut chd = Chd::start(engine);
+        let sent = Instant::now();
         chd.send(1, WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") });
         entered.recv_timeout(Duration::from_secs(10)).expect("the batch reaches sync");
-        let held = Instant::now();
         std::thread::sleep(Duration::from_millis(50));
         chd.send(2, WorkerRequest::Ping);
         let Frame { id: 2, msg: WorkerResponse::Pong { batches: 0, busy_ms } } = chd.recv() else {
             panic!("a pong, with no batch completed, must come before the write's reply")
         };
-        assert!(busy_ms >= 50 && busy_ms <= held.elapsed().as_millis() as u64 + 1, "busy_ms {busy_ms}");
+        assert!(busy_ms >= 50 && busy_ms <= sent.elapsed().as_millis() as u64 + 1, "busy_ms {busy_ms}");
 
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
@@ -882,7 +915,7 @@ mod enospc_tests {
         let Some(fs) = mount(&outer.path().join("mnt"), "4m") else { return };
         let dir = fs.0.join("db");
         std::fs::create_dir_all(&dir).unwrap();
-        let node = Node::open(SledEngine::open(&dir).unwrap(), 4).unwrap();
+        let node = Node::open(SledEngine::open(&dir).unwrap(), &dir, 4).unwrap();
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let (done_tx, done) = mpsc::channel();
@@ -933,7 +966,8 @@ mod enospc_tests {
         // holds the lock here, so a copy is opened).
         let copy = tempfile::tempdir().unwrap();
         assert!(Command::new("cp").arg("-a").arg(&dir).arg(copy.path()).status().unwrap().success());
-        let node = Node::open(SledEngine::open(&copy.path().join("db")).unwrap(), 4).unwrap();
+        let copied = copy.path().join("db");
+        let node = Node::open(SledEngine::open(&copied).unwrap(), &copied, 4).unwrap();
         for (key, i) in &acked {
             let r = node.get(key).unwrap().unwrap_or_else(|| panic!("acknowledged write {i} lost"));
             assert_eq!(r.version, u64::from(*i) + 1);

@@ -4,12 +4,19 @@
 //! Layout in the engine: a data key is the 4-byte big-endian partition followed by the user key,
 //! so one partition is one contiguous range (cheap to scan, digest, or drop). Node metadata
 //! lives under the prefix `ff ff ff ff`, above every partition.
+//!
+//! A record whose key plus value is over [`values::INLINE_MAX`] keeps its value in a file of
+//! its own and only a pointer in the engine (see [`values`] for why and for the order of
+//! writes, syncs and unlinks that keeps them crash-safe).
 
+use std::collections::HashMap;
 use std::io;
+use std::path::Path;
 
 use chd_data::ring::partition_of;
 use chd_data::{NodeId, Record};
 
+use super::values::{self, Stored, ValueFiles};
 use crate::storage::Engine;
 
 const META: [u8; 4] = [0xff; 4];
@@ -18,6 +25,7 @@ const REBUILD_PENDING: &[u8] = b"rebuild-pending";
 
 pub struct Node<E> {
     engine: E,
+    values: ValueFiles,
     partitions: u32,
     live_keys: u64,
     max_version: u64,
@@ -38,22 +46,34 @@ fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {what}"))
 }
 
+fn decode(stored: &[u8]) -> io::Result<Stored> {
+    Stored::decode(stored).ok_or_else(|| corrupt("undecodable"))
+}
+
 impl<E: Engine> Node<E> {
-    /// Opens a node, counting its live keys and finding its highest version (one full scan).
-    pub fn open(engine: E, partitions: u32) -> io::Result<Node<E>> {
+    /// Opens a node whose directory is `dir`, counting its live keys and finding its highest
+    /// version (one full scan), and removing value files no record points to.
+    pub fn open(engine: E, dir: &Path, partitions: u32) -> io::Result<Node<E>> {
         assert!(partitions < u32::from_be_bytes(META), "partition ids collide with metadata");
-        let mut node = Node { engine, partitions, live_keys: 0, max_version: 0 };
+        let values = ValueFiles::open(dir)?;
+        let mut node = Node { engine, values, partitions, live_keys: 0, max_version: 0 };
+        // Value file -> its length, for every record that points to one.
+        let mut files = HashMap::new();
         let mut from = Vec::new();
         loop {
             let batch = node.engine.scan(&from, &META, 10_000)?;
             let Some((last, _)) = batch.last() else { break };
             from = [last.as_slice(), &[0]].concat();
             for (_, v) in &batch {
-                let r = Record::decode(v).ok_or_else(|| corrupt("undecodable"))?;
-                node.max_version = node.max_version.max(r.version);
+                let r = decode(v)?;
+                node.max_version = node.max_version.max(r.version());
                 node.live_keys += u64::from(!r.is_tombstone());
+                if let Some(f) = r.file() {
+                    files.insert(f.seq, f.len);
+                }
             }
         }
+        node.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])?;
         Ok(node)
     }
 
@@ -87,28 +107,42 @@ impl<E: Engine> Node<E> {
     }
 
     pub fn size_on_disk(&self) -> u64 {
-        self.engine.size_on_disk()
+        self.engine.size_on_disk() + self.values.bytes()
     }
 
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Record>> {
         let k = data_key(partition_of(key, self.partitions), key);
         match self.engine.get(&k)? {
             None => Ok(None),
-            Some(v) => Record::decode(&v).map(Some).ok_or_else(|| corrupt("undecodable")),
+            Some(v) => match decode(&v)? {
+                Stored::Inline(r) => Ok(Some(r)),
+                Stored::File { version, value } => Ok(Some(Record { version, value: Some(self.values.read(&value)?) })),
+            },
         }
     }
 
     /// Stores `record` unless the stored version is equal or newer. Returns whether it stored.
+    /// A large value is written to its own file first; a replaced record's file goes at the
+    /// next [`Node::sync`].
     pub fn put(&mut self, key: &[u8], record: &Record) -> io::Result<bool> {
         let k = data_key(partition_of(key, self.partitions), key);
         let old = match self.engine.get(&k)? {
             None => None,
-            Some(v) => Some(Record::decode(&v).ok_or_else(|| corrupt("undecodable"))?),
+            Some(v) => Some(decode(&v)?),
         };
-        if old.as_ref().is_some_and(|o| o.version >= record.version) {
+        if old.as_ref().is_some_and(|o| o.version() >= record.version) {
             return Ok(false);
         }
-        self.engine.put(&k, &record.encode())?;
+        match &record.value {
+            Some(v) if !values::is_inline(key, record) => {
+                let file = self.values.write(v)?;
+                self.engine.put(&k, &Stored::encode_pointer(record.version, &file))?;
+            }
+            _ => self.engine.put(&k, &record.encode())?,
+        }
+        if let Some(f) = old.as_ref().and_then(Stored::file) {
+            self.values.replace_later(&f);
+        }
         let was_live = old.is_some_and(|o| !o.is_tombstone());
         match (was_live, record.is_tombstone()) {
             (false, false) => self.live_keys += 1,
@@ -134,6 +168,35 @@ impl<E: Engine> Node<E> {
                 Ok((k[4..].to_vec(), version))
             })
             .collect()
+    }
+
+    /// (key, version, is a tombstone) of `partition` after `after`, ascending, at most `limit`.
+    ///
+    /// The engine hands out values with keys, and values may be 32 MiB: records are read in
+    /// batches that start at one and double only while batches stay small, so listing a
+    /// partition of huge values never holds more than a few of them at once.
+    pub fn keys(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> io::Result<Vec<(Vec<u8>, u64, bool)>> {
+        const BATCH_BYTES: usize = 4 << 20;
+        let mut from = match after {
+            Some(a) => [data_key(partition, a).as_slice(), &[0]].concat(),
+            None => data_key(partition, b""),
+        };
+        let to = data_key(partition + 1, b"");
+        let mut out = Vec::new();
+        let mut batch = 1;
+        while out.len() < limit {
+            let entries = self.engine.scan(&from, &to, batch.min(limit - out.len()))?;
+            let Some((last, _)) = entries.last() else { break };
+            from = [last.as_slice(), &[0]].concat();
+            let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+            for (k, v) in entries {
+                let version = Record::decode_version(&v).ok_or_else(|| corrupt("no version"))?;
+                let tombstone = *v.get(8).ok_or_else(|| corrupt("no tag"))? == 0;
+                out.push((k[4..].to_vec(), version, tombstone));
+            }
+            batch = if bytes > BATCH_BYTES { 1 } else { (batch * 2).min(1024) };
+        }
+        Ok(out)
     }
 
     /// A digest of every (key, version) in `partition`: two replicas with equal digests hold
@@ -165,7 +228,7 @@ impl<E: Engine> Node<E> {
             from = [last.as_slice(), &[0]].concat();
             for (k, v) in &batch {
                 records += 1;
-                bytes += (k.len() - 4 + v.len().saturating_sub(9)) as u64;
+                bytes += (k.len() - 4) as u64 + decode(v)?.value_len();
             }
         }
     }
@@ -191,8 +254,12 @@ impl<E: Engine> Node<E> {
                 return Ok(dropped);
             }
             for (k, v) in batch {
-                if Record::decode(&v).is_some_and(|r| !r.is_tombstone()) {
+                let r = decode(&v)?;
+                if !r.is_tombstone() {
                     self.live_keys -= 1;
+                }
+                if let Some(f) = r.file() {
+                    self.values.replace_later(&f);
                 }
                 self.engine.delete(&k)?;
                 dropped += 1;
@@ -200,8 +267,12 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// Makes every earlier write durable: new value files' names first, then the engine (and so
+    /// the pointers to them); only then are the files of replaced records unlinked.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.engine.sync()
+        self.values.sync_dir()?;
+        self.engine.sync()?;
+        self.values.remove_replaced()
     }
 }
 
@@ -216,7 +287,8 @@ mod tests {
 
     #[test]
     fn newest_version_wins_and_tombstones_stick() {
-        let mut n = Node::open(MemoryEngine::default(), 64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 64).unwrap();
         assert!(n.put(b"k", &rec(5, Some("five"))).unwrap());
         assert!(!n.put(b"k", &rec(3, Some("three"))).unwrap());
         assert!(!n.put(b"k", &rec(5, Some("again"))).unwrap());
@@ -230,14 +302,15 @@ mod tests {
 
     #[test]
     fn counts_survive_reopen_and_partition_drop() {
-        let mut n = Node::open(MemoryEngine::default(), 8).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 8).unwrap();
         for i in 0..100u32 {
             n.put(&i.to_be_bytes(), &rec(u64::from(i) + 1, Some("v"))).unwrap();
         }
         n.put(&7u32.to_be_bytes(), &rec(500, None)).unwrap();
         n.set_identity(3, false).unwrap();
         assert_eq!(n.live_keys(), 99);
-        let n = Node::open(n.engine, 8).unwrap();
+        let n = Node::open(n.engine, dir.path(), 8).unwrap();
         assert_eq!((n.live_keys(), n.max_version()), (99, 500));
         assert_eq!(n.identity().unwrap(), Some(3));
         let mut n = n;
@@ -254,8 +327,9 @@ mod tests {
 
     #[test]
     fn digests_differ_exactly_when_records_do() {
-        let mut a = Node::open(MemoryEngine::default(), 4).unwrap();
-        let mut b = Node::open(MemoryEngine::default(), 4).unwrap();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = Node::open(MemoryEngine::default(), da.path(), 4).unwrap();
+        let mut b = Node::open(MemoryEngine::default(), db.path(), 4).unwrap();
         for i in 0..50u32 {
             a.put(&i.to_be_bytes(), &rec(1, Some("x"))).unwrap();
             b.put(&i.to_be_bytes(), &rec(1, Some("x"))).unwrap();
@@ -270,7 +344,8 @@ mod tests {
 
     #[test]
     fn versions_pages_through_a_partition() {
-        let mut n = Node::open(MemoryEngine::default(), 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 1).unwrap();
         for i in 0..10u8 {
             n.put(&[i], &rec(u64::from(i) + 1, Some("v"))).unwrap();
         }
@@ -279,5 +354,164 @@ mod tests {
         let rest = n.versions(0, Some(&first[3].0), 100).unwrap();
         assert_eq!(rest.len(), 6);
         assert_eq!(rest[0].0, vec![4]);
+        n.put(&[5], &rec(20, None)).unwrap();
+        let keys = n.keys(0, Some(&[3]), 3).unwrap();
+        assert_eq!(keys, vec![(vec![4], 5, false), (vec![5], 20, true), (vec![6], 7, false)]);
+    }
+
+    fn big(version: u64, fill: u8) -> Record {
+        Record { version, value: Some(vec![fill; 100_000 + usize::from(fill)]) }
+    }
+
+    fn value_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("values"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_replaced_or_deleted_large_value_frees_its_file_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
+        n.put(b"small", &rec(1, Some("inline"))).unwrap();
+        n.put(b"k", &big(2, 1)).unwrap();
+        n.sync().unwrap();
+        assert_eq!(value_files(dir.path()).len(), 1, "only the large value has a file");
+        let engine_only = n.engine.size_on_disk();
+        assert_eq!(n.size_on_disk(), engine_only + big(2, 1).value.unwrap().len() as u64);
+
+        n.put(b"k", &big(3, 2)).unwrap();
+        assert_eq!(value_files(dir.path()).len(), 2, "the old file stays until the new pointer is durable");
+        assert_eq!(n.get(b"k").unwrap(), Some(big(3, 2)));
+        n.sync().unwrap();
+        assert_eq!(value_files(dir.path()).len(), 1);
+        assert_eq!(n.get(b"k").unwrap(), Some(big(3, 2)));
+        let p = partition_of(b"k", 4);
+        let small = if partition_of(b"small", 4) == p { 5 + 6 } else { 0 };
+        assert_eq!(n.partition_stats(p).unwrap().1, 1 + 100_002 + small, "keys plus values, not pointers");
+        assert!(n.keys(p, None, 10).unwrap().contains(&(b"k".to_vec(), 3, false)), "a pointer is not a tombstone");
+
+        assert!(!n.put(b"k", &big(3, 9)).unwrap(), "an equal version is refused before any file is written");
+        assert_eq!(value_files(dir.path()).len(), 1);
+        n.put(b"k", &rec(4, None)).unwrap();
+        n.sync().unwrap();
+        assert!(value_files(dir.path()).is_empty());
+        assert_eq!(n.size_on_disk(), n.engine.size_on_disk());
+        assert_eq!((n.get(b"k").unwrap(), n.live_keys()), (Some(rec(4, None)), 1));
+    }
+
+    #[test]
+    fn a_dropped_partition_frees_its_files_even_if_its_records_come_back_in_the_same_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
+        let keys: Vec<[u8; 1]> = (0..40u8).map(|i| [i]).collect();
+        for (i, k) in keys.iter().enumerate() {
+            n.put(k, &big(i as u64 + 1, i as u8)).unwrap();
+        }
+        n.sync().unwrap();
+        let p = partition_of(&keys[0], 4);
+        let in_p: Vec<usize> = (0..keys.len()).filter(|&i| partition_of(&keys[i], 4) == p).collect();
+        n.drop_partition(p).unwrap();
+        // The partition migrates back before the sync: the same records, same versions.
+        let back = in_p[0];
+        n.put(&keys[back], &big(back as u64 + 1, back as u8)).unwrap();
+        assert_eq!(value_files(dir.path()).len(), 41);
+        n.sync().unwrap();
+        assert_eq!(value_files(dir.path()).len(), 40 - in_p.len() + 1);
+        assert_eq!(n.get(&keys[back]).unwrap(), Some(big(back as u64 + 1, back as u8)));
+        assert_eq!(n.live_keys(), 40 - in_p.len() as u64 + 1);
+    }
+
+    #[test]
+    fn open_removes_orphans_and_keeps_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
+        n.put(b"k", &big(1, 1)).unwrap();
+        n.sync().unwrap();
+        // A crash after the engine's sync but before the unlink leaves the old file behind.
+        n.put(b"k", &big(2, 2)).unwrap();
+        std::fs::write(dir.path().join("values").join("00000000000000ff"), b"half-written").unwrap();
+        std::fs::write(dir.path().join("values").join("README"), b"not ours").unwrap();
+        let Node { engine, .. } = n;
+        let mut n = Node::open(engine, dir.path(), 4).unwrap();
+        assert_eq!(value_files(dir.path()).len(), 2, "the current value and the foreign file");
+        assert!(value_files(dir.path()).contains(&"README".to_string()));
+        assert_eq!(n.get(b"k").unwrap(), Some(big(2, 2)));
+        // New names start above every file seen, orphans included.
+        n.put(b"j", &big(3, 3)).unwrap();
+        assert!(value_files(dir.path()).contains(&"0000000000000100".to_string()));
+    }
+
+    #[test]
+    fn a_missing_short_long_or_altered_value_file_is_a_damaged_database() {
+        use crate::worker::{classify, Failure};
+        type Damage = fn(&Path);
+        let cases: [(&str, Damage); 4] = [
+            ("missing", |f| std::fs::remove_file(f).unwrap()),
+            ("short", |f| std::fs::File::options().write(true).open(f).unwrap().set_len(1000).unwrap()),
+            ("long", |f| std::fs::File::options().append(true).open(f).unwrap().write_all(b"x").unwrap()),
+            ("altered", |f| {
+                let mut v = std::fs::read(f).unwrap();
+                v[500] ^= 1;
+                std::fs::write(f, v).unwrap();
+            }),
+        ];
+        use std::io::Write;
+        for (what, damage) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut n = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
+            n.put(b"k", &big(1, 1)).unwrap();
+            n.sync().unwrap();
+            damage(&dir.path().join("values").join(&value_files(dir.path())[0]));
+            let e = n.get(b"k").expect_err(what);
+            assert_eq!(classify(&e), Failure::BadDatabase, "{what}: {e}");
+            if what != "altered" {
+                // Open checks presence and length (not content: that would read every value).
+                let Node { engine, .. } = n;
+                let e = Node::open(engine, dir.path(), 4).err().expect(what);
+                assert_eq!(classify(&e), Failure::BadDatabase, "{what}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn sled_never_writes_blob_files_and_large_values_survive_reopen() {
+        use crate::storage::sled::SledEngine;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = || std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
+        let mut x: u64 = 12345;
+        let mut latest = std::collections::BTreeMap::new();
+        {
+            let mut n = Node::open(SledEngine::open(dir.path()).unwrap(), dir.path(), 8).unwrap();
+            // Records right at the inline limit on a few hundred keys (8 KiB values made sled
+            // write blobs before value files existed), deletes, and some 2 MiB values.
+            for version in 1..3000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let key = format!("key-{:04}-{}", (x >> 33) % 400, "k".repeat((x >> 50) as usize % 200)).into_bytes();
+                let value = match (x >> 20) % 100 {
+                    0..10 => None,
+                    10..13 => Some(vec![version as u8; 2 << 20]),
+                    _ => Some(vec![version as u8; values::INLINE_MAX - key.len()]),
+                };
+                let r = Record { version, value };
+                n.put(&key, &r).unwrap();
+                latest.insert(key, r);
+                if version % 16 == 0 {
+                    n.sync().unwrap();
+                }
+            }
+            n.sync().unwrap();
+            assert_eq!(blobs(), 0, "sled wrote blob files");
+        }
+        let n = Node::open(SledEngine::open(dir.path()).unwrap(), dir.path(), 8).unwrap();
+        for (k, r) in &latest {
+            assert_eq!(n.get(k).unwrap().as_ref(), Some(r));
+        }
+        let files = latest.values().filter(|r| r.value.as_ref().is_some_and(|v| v.len() == 2 << 20)).count();
+        assert_eq!(value_files(dir.path()).len(), files, "exactly the live large values have files");
+        assert_eq!(blobs(), 0);
     }
 }

@@ -72,6 +72,13 @@ pub enum WorkerRequest {
     },
     /// The partitions that hold at least one record.
     NonEmptyPartitions,
+    /// (key, version, is a tombstone) of a partition, ascending, after `after`: the key
+    /// listing (SCAN, `chctl keys`) merges these across replicas.
+    Keys {
+        partition: u32,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +112,8 @@ pub enum WorkerResponse {
         free: u64,
         needed: u64,
     },
+    /// Answer to [`WorkerRequest::Keys`].
+    Keys(Vec<(Vec<u8>, u64, bool)>),
 }
 
 impl WorkerRequest {
