@@ -20,6 +20,8 @@ use chd_data::proto::{
 };
 use chd_data::Error;
 
+pub mod trust;
+
 pub struct Client {
     reader: BufReader<Timed>,
     writer: BufWriter<Timed>,
@@ -45,7 +47,8 @@ impl Client {
     }
 
     /// Connects, naming the client `name` in the hello; `per_op` bounds the hello and every
-    /// later operation (see [`Client::set_deadline`]).
+    /// later operation (see [`Client::set_deadline`]). Refuses a server that is not run by root,
+    /// the caller or chd's service user ([`trust`]) before sending anything.
     pub fn connect_with(socket: &Path, name: &str, per_op: Option<Duration>) -> anyhow::Result<Client> {
         let stream = UnixStream::connect(socket).map_err(|e| {
             let hint = match e.kind() {
@@ -55,6 +58,8 @@ impl Client {
             };
             anyhow!("cannot connect to chd at {}: {e}; {hint}", socket.display())
         })?;
+        // Before the first byte: the hello already says who we are.
+        trust::check(&stream, socket)?;
         let mut client = Client {
             reader: BufReader::new(Timed { stream: stream.try_clone()?, deadline: None }),
             writer: BufWriter::new(Timed { stream, deadline: None }),

@@ -17,6 +17,10 @@ struct Cli {
     /// that one exists].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// The user chd runs as, trusted besides root and yourself: chctl checks who serves the
+    /// socket before it sends anything [default: the user `chd`, if it exists].
+    #[arg(long, global = true, value_name = "USER", env = "CHD_SERVER_USER")]
+    server_user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +91,9 @@ pub enum NodeCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(default_socket);
+    if let Some(user) = &cli.server_user {
+        chd_client::trust::set_server_user(user);
+    }
     match commands::run(&socket, cli.command) {
         Ok(code) => code,
         Err(e) => {

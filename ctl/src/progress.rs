@@ -71,8 +71,19 @@ fn draw(p: &NodeProgress) {
 /// Follows a membership change until it completes.
 pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
+    let mut seen = false;
     loop {
         let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
+        // Changes run one at a time: another one in progress, or one seen after ours, means
+        // ours completed (its own progress was replaced before this look).
+        if let Some(other) = s.migration.as_ref().filter(|m| m.what != what && (seen || !m.finished)) {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            println!("{what}: done; then {} started", other.what);
+            return Ok(());
+        }
+        seen |= s.migration.as_ref().is_some_and(|m| m.what == what);
         match s.migration.filter(|m| m.what == what) {
             Some(p) if p.finished => {
                 if tty {

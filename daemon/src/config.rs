@@ -203,6 +203,35 @@ impl Settings {
         })
     }
 
+    /// The settings that differ between `self` (running) and `new` (just read again), each
+    /// named as its key, split into those applied at once and those that need a restart.
+    /// Only the log level is applied live: the others are bound to resources opened at start
+    /// (the socket, its mode and group, the data dir and its quorum) or only matter then.
+    pub fn changes(&self, new: &Settings) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut live = Vec::new();
+        let mut restart = Vec::new();
+        if self.log_level != new.log_level {
+            live.push("log_level");
+        }
+        for (key, differs) in [
+            ("data_dir", self.data_dir != new.data_dir),
+            ("socket", self.socket != new.socket),
+            ("nodes", self.nodes != new.nodes),
+            ("replicas", self.replicas != new.replicas),
+            ("write_quorum", self.write_quorum != new.write_quorum),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            ("allowed_group", self.allowed_group != new.allowed_group),
+            ("startup_repair", self.startup_repair != new.startup_repair),
+            ("resp_socket", self.resp_socket != new.resp_socket),
+            ("resp_listen", self.resp_listen != new.resp_listen),
+        ] {
+            if differs {
+                restart.push(key);
+            }
+        }
+        (live, restart)
+    }
+
     /// The effective settings, as `chd --check-config` prints them (valid TOML).
     pub fn render(&self) -> String {
         let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
@@ -288,6 +317,19 @@ mod tests {
         };
         f(&mut a);
         a
+    }
+
+    #[test]
+    fn only_the_log_level_is_applied_without_a_restart() {
+        let old = Settings::resolve(&args(|_| {})).unwrap();
+        let new = Settings::resolve(&args(|a| {
+            a.log_level = Some("debug".into());
+            a.socket_mode = Some("0660".into());
+            a.nodes = Some(5);
+        }))
+        .unwrap();
+        assert_eq!(old.changes(&new), (vec!["log_level"], vec!["nodes", "socket_mode"]));
+        assert_eq!(old.changes(&old), (vec![], vec![]));
     }
 
     #[test]

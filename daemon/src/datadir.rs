@@ -67,14 +67,11 @@ impl ClusterFile {
 
 impl DataDir {
     /// Creates the directory if needed and takes its lock, refusing if another chd holds it.
-    pub fn open(root: &Path) -> anyhow::Result<DataDir> {
-        if root.is_dir() {
-            // Made by someone else (an installer, a chd killed before its fsync): make its name
-            // durable if we may; a parent we cannot open is not ours to worry about.
-            let _ = sync_dir(parent_of(root));
-        } else {
-            create_dir_durable(root).with_context(|| format!("cannot create data dir {}", root.display()))?;
-        }
+    ///
+    /// The directory gets `mode` (0700, or 0750 with an allowed group) whatever the umask, and
+    /// an existing one wider than that is narrowed: the databases below it follow the umask.
+    pub fn open(root: &Path, mode: u32) -> anyhow::Result<DataDir> {
+        ensure_private_dir(root, mode).with_context(|| format!("cannot create data dir {}", root.display()))?;
         let path = root.join("chd.lock");
         let mut lock = OpenOptions::new()
             .read(true)
@@ -163,6 +160,37 @@ impl DataDir {
     }
 }
 
+/// Creates `dir` with exactly `mode` (its parents as the umask says) and makes its name
+/// durable, or narrows an existing one to within `mode`; never widens what the operator set.
+fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = parent_of(dir);
+    if !parent.is_dir() {
+        create_dir_durable(parent)?;
+    }
+    let created = match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    if created {
+        sync_dir_io(parent)?;
+    } else {
+        // Made by someone else (an installer, a chd killed before its fsync): make its name
+        // durable if we may; a parent we cannot open is not ours to worry about.
+        let _ = sync_dir_io(parent);
+    }
+    let now = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    let want = if created { mode } else { now & mode };
+    if now != want {
+        if !created {
+            tracing::warn!(dir = %dir.display(), from = format!("{now:o}"), to = format!("{want:o}"), "data dir was open to others; narrowing its mode");
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(want))?;
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `data` so that a crash leaves either the old or the new file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -215,18 +243,18 @@ mod tests {
     #[test]
     fn one_chd_per_data_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DataDir::open(dir.path()).unwrap();
-        let err = DataDir::open(dir.path()).err().unwrap().to_string();
+        let first = DataDir::open(dir.path(), 0o700).unwrap();
+        let err = DataDir::open(dir.path(), 0o700).err().unwrap().to_string();
         assert!(err.contains("another chd"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
-        DataDir::open(dir.path()).unwrap();
+        DataDir::open(dir.path(), 0o700).unwrap();
     }
 
     #[test]
     fn cluster_file_round_trips_and_quarantine_keeps_data() {
         let dir = tempfile::tempdir().unwrap();
-        let d = DataDir::open(dir.path()).unwrap();
+        let d = DataDir::open(dir.path(), 0o700).unwrap();
         assert_eq!(d.load_cluster().unwrap(), None);
         let c = ClusterFile {
             format: 1,
@@ -259,7 +287,7 @@ mod tests {
     #[test]
     fn a_removed_node_dir_stays_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let d = DataDir::open(&dir.path().join("data")).unwrap();
+        let d = DataDir::open(&dir.path().join("data"), 0o700).unwrap();
         create_dir_durable(&d.node_dir(4)).unwrap();
         fs::write(d.node_dir(4).join("db"), b"x").unwrap();
         d.remove_node_dir(4).unwrap();

@@ -31,7 +31,13 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts a change; the migration runs in the background. Returns what it is and the new ids.
 pub async fn start(cluster: &Arc<Cluster>, spawner: &Spawner, change: Change) -> Result<(String, Vec<NodeId>), Error> {
-    let mut reg = cluster.membership.lock().await;
+    let mut reg = match cluster.membership.try_lock() {
+        Ok(reg) => reg,
+        Err(_) => {
+            info!("membership change waits for the membership lock (a drop of moved partitions or another step runs)");
+            cluster.membership.lock().await
+        }
+    };
     let layout = cluster.layout();
     if let Some(t) = &layout.transition {
         return Err(Error::Refused(format!("another change is in progress ({}); wait for it to finish", t.what)));
@@ -239,31 +245,46 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
 
 /// A node that left: confirm its records are on the new owners, then stop it and delete its
 /// database; if it cannot be confirmed, stop it and quarantine the database instead.
+///
+/// Confirmed means: every partition it held has at least W new owners other than itself
+/// running, and copying to them whatever the leaving node has that they lack succeeded, so
+/// each of its records is now on W of its new owners. With fewer (new owners down), the
+/// leaving node would be the only "confirmed" holder; its database is kept.
 async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring) {
-    let confirmed = match cluster.replica(id).link.filter(|_| cluster.replica(id).takes_writes()) {
-        None => false,
+    let leaving = cluster.replica(id);
+    let running = leaving.takes_writes();
+    let confirmed: Result<(), String> = match leaving.link.filter(|_| running) {
+        None => Err(format!("node {id} is not running")),
         Some(link) => {
-            let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
-            for p in before.partitions_of(id) {
-                let owners = cluster.replicas(after.owners(p)).into_iter().filter(|x| x.takes_writes());
-                groups.entry(owners.map(|x| x.id).collect()).or_default().push(p);
-            }
-            let mut report = RepairReport::default();
-            let mut ok = true;
-            // Copying whatever the leaving node has that the new owners lack is the
-            // confirmation: afterwards they hold every record it held.
-            'groups: for (ids, parts) in groups {
-                let mut members = vec![(id, link.clone())];
-                members.extend(cluster.replicas(&ids).into_iter().filter_map(|x| Some((x.id, x.link?))));
-                for chunk in parts.chunks(CHUNK) {
-                    if let Err(e) = repair::sync_partitions(&members, chunk, &mut report).await {
-                        warn!(node = id, error = %format!("{e:#}"), "cannot confirm records of a leaving node");
-                        ok = false;
-                        break 'groups;
+            let running = |n: NodeId| cluster.replica(n).takes_writes();
+            match confirmation_groups(id, before, after, cluster.write_quorum(), running) {
+                Err(why) => Err(why),
+                Ok(groups) => {
+                    let mut report = RepairReport::default();
+                    let mut outcome = Ok(());
+                    // Copying whatever the leaving node has that the new owners lack is the
+                    // confirmation: afterwards they hold every record it held.
+                    'groups: for (ids, parts) in groups {
+                        let mut members = vec![(id, link.clone())];
+                        for x in cluster.replicas(&ids) {
+                            match x.link {
+                                Some(l) => members.push((x.id, l)),
+                                None => {
+                                    outcome = Err(format!("node {} went away", x.id));
+                                    break 'groups;
+                                }
+                            }
+                        }
+                        for chunk in parts.chunks(CHUNK) {
+                            if let Err(e) = repair::sync_partitions(&members, chunk, &mut report).await {
+                                outcome = Err(format!("{e:#}"));
+                                break 'groups;
+                            }
+                        }
                     }
+                    outcome
                 }
             }
-            ok
         }
     };
     let (done, wait) = oneshot::channel();
@@ -271,26 +292,55 @@ async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring)
         let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
     }
     cluster.nodes.write().expect("nodes lock").remove(&id);
-    if confirmed {
-        match cluster.data.remove_node_dir(id) {
+    match confirmed {
+        Ok(()) => match cluster.data.remove_node_dir(id) {
             Ok(()) => info!(node = id, "node left; its records are confirmed on the new owners; database deleted"),
             Err(e) => error!(node = id, error = %e, "cannot delete the database of a node that left"),
-        }
-    } else {
-        match cluster.data.quarantine(id) {
-            Ok(to) => warn!(node = id, to = ?to, "node left unconfirmed; database kept in quarantine"),
+        },
+        Err(why) => match cluster.data.quarantine(id) {
+            Ok(to) => warn!(node = id, to = ?to, reason = %why, "node left unconfirmed; database kept in quarantine"),
             Err(e) => error!(node = id, error = %e, "cannot move aside the database of a node that left"),
-        }
+        },
     }
+}
+
+/// The partitions node `id` held in `before`, grouped by the new owners (other than `id`) that
+/// must confirm them; refused, saying why, if a partition has fewer than `w` of them running.
+fn confirmation_groups(
+    id: NodeId,
+    before: &Ring,
+    after: &Ring,
+    w: usize,
+    running: impl Fn(NodeId) -> bool,
+) -> Result<BTreeMap<Vec<NodeId>, Vec<u32>>, String> {
+    let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
+    for p in before.partitions_of(id) {
+        let owners: Vec<NodeId> = after.owners(p).iter().copied().filter(|&n| n != id && running(n)).collect();
+        if owners.len() < w {
+            return Err(format!(
+                "partition {p}: only {} of its new owners {:?} are running, {w} must confirm its records",
+                owners.len(),
+                after.owners(p)
+            ));
+        }
+        groups.entry(owners).or_default().push(p);
+    }
+    Ok(groups)
 }
 
 /// Drops, on every node, partitions it holds but no longer owns (after a change completed, or
 /// a crash between completing one and dropping).
+///
+/// Runs under the membership lock, from the decision to the last drop: a change that gives a
+/// partition back to a node (and starts copying to it, and counting its writes toward W) can
+/// only begin once the drop is over, so a drop never wipes what the node holds again.
 pub async fn drop_unowned(cluster: &Arc<Cluster>) {
+    let _reg = cluster.membership.lock().await;
     let layout = cluster.layout();
     if layout.transition.is_some() {
         return;
     }
+    let mut drops = Vec::new();
     for id in layout.members() {
         let Some(link) = cluster.replica(id).link else { continue };
         let owned = layout.partitions_of(id);
@@ -298,7 +348,16 @@ pub async fn drop_unowned(cluster: &Arc<Cluster>) {
         else {
             continue;
         };
-        for p in held.into_iter().filter(|p| !owned.contains(p)) {
+        let unowned: Vec<u32> = held.into_iter().filter(|p| !owned.contains(p)).collect();
+        if !unowned.is_empty() {
+            drops.push((id, link, unowned));
+        }
+    }
+    if !drops.is_empty() {
+        crate::server::pause_point("drop-decided").await;
+    }
+    for (id, link, partitions) in drops {
+        for p in partitions {
             if let Err(e) = link.call(WorkerRequest::DropPartition { partition: p }, CALL_TIMEOUT).await {
                 warn!(node = id, partition = p, error = %e, "cannot drop a partition the node no longer owns");
             }
@@ -324,4 +383,28 @@ async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 3: with every new owner of a partition down, the leaving node alone was
+    /// the group of "confirmed" holders, and its database was deleted.
+    #[test]
+    fn a_leaving_node_is_confirmed_only_by_w_running_new_owners_other_than_itself() {
+        let before = Ring::new(&[0, 1, 2, 3], 3, 64).unwrap();
+        let after = before.with_node_removed(3).unwrap();
+        let all = confirmation_groups(3, &before, &after, 2, |_| true).unwrap();
+        assert_eq!(all.values().map(Vec::len).sum::<usize>(), before.partitions_of(3).len());
+        assert!(all.keys().all(|owners| owners.len() >= 2 && !owners.contains(&3)));
+
+        let none = confirmation_groups(3, &before, &after, 2, |n| n == 3).unwrap_err();
+        assert!(none.contains("only 0 of its new owners"), "{none}");
+        // One new owner running is not W=2.
+        let one = confirmation_groups(3, &before, &after, 2, |n| n == 0 || n == 3).unwrap_err();
+        assert!(one.contains("only 1 of its new owners"), "{one}");
+        // W=1: one running new owner confirms.
+        assert!(confirmation_groups(3, &before, &after, 1, |n| n == 0).is_ok());
+    }
 }

@@ -29,6 +29,7 @@ use chd_data::proto::{NodeProgress, RepairReport};
 use chd_data::{NodeId, Record};
 
 use crate::cluster::Cluster;
+use crate::layout::Layout;
 use crate::worker::link::WorkerLink;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
@@ -55,9 +56,7 @@ pub enum SyncMode {
 /// one of them itself, a node being rebuilt does not.
 pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> anyhow::Result<RepairReport> {
     let layout = cluster.layout();
-    let r = layout.ring.replicas() as usize;
     let w = cluster.write_quorum();
-    let holders_needed = r + 1 - w;
     let parts = layout.partitions_of(id);
     let what = match mode {
         SyncMode::CatchUp => "catching up",
@@ -82,14 +81,8 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
         // Group the chunk's partitions by their set of sources.
         let mut groups: BTreeMap<Vec<NodeId>, Vec<u32>> = BTreeMap::new();
         for &p in chunk {
-            let holders = layout.placement(p).read;
-            let counts_itself = mode == SyncMode::CatchUp && holders.contains(&id);
-            let needed = holders_needed.saturating_sub(usize::from(counts_itself));
-            let peers: Vec<NodeId> =
-                cluster.replicas(&holders).into_iter().filter(|x| x.id != id && x.is_source()).map(|x| x.id).collect();
-            if peers.len() < needed {
-                bail!("partition {p}: {} of the {needed} intact peers needed are running", peers.len());
-            }
+            let is_source = |n: NodeId| cluster.replica(n).is_source();
+            let peers = sync_peers(&layout, p, id, mode, w, is_source).map_err(|e| anyhow!(e))?;
             groups.entry(peers).or_default().push(p);
         }
         for (peers, partitions) in groups {
@@ -110,6 +103,28 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
     progress.elapsed_ms = started.elapsed().as_millis() as u64;
     cluster.update(id, |s| s.progress = Some(progress));
     Ok(report)
+}
+
+/// The peers node `id` syncs partition `p` from: the intact running nodes that hold `p` now,
+/// its read owners (while `p` moves, the old owners: a node gaining it holds only what was
+/// copied so far, so it never counts). Merging R-W+1 holders yields every acknowledged write;
+/// a node catching up is one of them itself, a node being rebuilt is not.
+fn sync_peers(
+    layout: &Layout,
+    p: u32,
+    id: NodeId,
+    mode: SyncMode,
+    w: usize,
+    is_source: impl Fn(NodeId) -> bool,
+) -> Result<Vec<NodeId>, String> {
+    let holders = layout.placement(p).read;
+    let counts_itself = mode == SyncMode::CatchUp && holders.contains(&id);
+    let needed = (layout.ring.replicas() as usize + 1 - w).saturating_sub(usize::from(counts_itself));
+    let peers: Vec<NodeId> = holders.into_iter().filter(|&x| x != id && is_source(x)).collect();
+    if peers.len() < needed {
+        return Err(format!("partition {p}: {} of the {needed} intact peers needed are running", peers.len()));
+    }
+    Ok(peers)
 }
 
 /// `chctl repair`: every partition, across the owners that are up.
@@ -266,4 +281,41 @@ fn brief(r: &impl std::fmt::Debug) -> String {
 
 async fn call(link: &WorkerLink, id: NodeId, req: WorkerRequest) -> anyhow::Result<WorkerResponse> {
     link.call(req, CALL_TIMEOUT).await.map_err(|e| anyhow!("node {id}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chd_data::Ring;
+
+    /// Issue 11 item 1: old owners {X,Y,Z} of a moving partition, D gaining it and not holding
+    /// it yet; a write acknowledged by {X,Y}; Y down and X's data lost. X's rebuild took its
+    /// peers from the write targets, {Z,D}, and came up without the write. D is no source
+    /// until the partition has switched to it.
+    #[test]
+    fn a_node_gaining_a_partition_is_no_source_until_it_has_switched() {
+        let ring = Ring::new(&[0, 1, 2], 3, 64).unwrap();
+        let target = ring.with_node_added(3).unwrap();
+        let mut layout = Layout { ring: ring.clone(), transition: None };
+        layout.begin("add node 3".into(), target.clone(), vec![]).unwrap();
+        let p = layout.pending()[0];
+        let new = target.owners(p);
+        let z = *ring.owners(p).iter().find(|n| !new.contains(n)).unwrap();
+        let (x, y) = {
+            let kept: Vec<NodeId> = ring.owners(p).iter().copied().filter(|&n| n != z).collect();
+            (kept[0], kept[1])
+        };
+        let running_intact = |n: NodeId| n != y && n != x;
+        let err = sync_peers(&layout, p, x, SyncMode::Rebuild, 2, running_intact).unwrap_err();
+        assert!(err.contains("1 of the 2 intact peers"), "{err}");
+        // Catching up, X counts itself: Z alone is enough, and D is not among the peers.
+        assert_eq!(sync_peers(&layout, p, x, SyncMode::CatchUp, 2, |n| n != y).unwrap(), vec![z]);
+        // Once switched, D holds the partition and is a source; Z no longer is.
+        layout.mark_done(p);
+        let mut peers = sync_peers(&layout, p, x, SyncMode::Rebuild, 2, |n| n != x).unwrap();
+        peers.sort_unstable();
+        let mut expect = vec![y, 3];
+        expect.sort_unstable();
+        assert_eq!(peers, expect);
+    }
 }

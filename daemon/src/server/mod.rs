@@ -4,7 +4,7 @@ pub(crate) mod auth;
 mod conn;
 mod handlers;
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +39,26 @@ const MAX_CONNECTIONS: usize = 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
-    // Handled from the start: a stop requested while nodes start is served once ready.
+/// Changes the log level (filter) of the running chd.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What SIGHUP needs: how chd was configured, and the handle on its log filter (`None` when
+/// `RUST_LOG` fixes the filter).
+pub struct Reload {
+    pub args: crate::config::ConfigArgs,
+    pub set_log_level: Option<SetLogLevel>,
+}
+
+pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
+    // Handled from the start: a stop requested while nodes start is served once ready, and a
+    // SIGHUP (the default action of which ends the process) never kills chd.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut loaded = settings.clone();
     // Refuse a second chd before creating anything.
     refuse_live_socket(&settings.socket)?;
-    let data = DataDir::open(&settings.data_dir)?;
+    let data = DataDir::open(&settings.data_dir, if settings.allowed_group.is_some() { 0o750 } else { 0o700 })?;
     // Absolute paths from here on: workers and status output do not depend on chd's cwd.
     settings.data_dir = data.root().to_path_buf();
     settings.socket = std::path::absolute(&settings.socket)?;
@@ -93,11 +106,13 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         info!(write_quorum, "write quorum fixed with the data dir");
     }
     let listener = bind(&settings.socket, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?;
+    let socket_id = file_id(&settings.socket);
     // The RESP endpoint: the same bind (stale-socket detection, mode, group) as the main socket.
     let resp_listener = match &settings.resp_socket {
         Some(p) => Some(bind(p, settings.socket_mode, settings.allowed_group.as_ref().map(|g| g.1))?),
         None => None,
     };
+    let resp_socket_id = settings.resp_socket.as_deref().and_then(file_id);
     let resp_tcp = match settings.resp_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -180,6 +195,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            _ = hup.recv() => reload_settings(&mut loaded, &reload),
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { info!("SIGINT: shutting down"); break }
         }
@@ -187,8 +203,12 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     drop(listener);
-    let _ = std::fs::remove_file(&settings.socket);
-    if let Some(p) = &settings.resp_socket {
+    // Only the sockets chd made: whatever replaced one since is not chd's to remove.
+    if socket_id.is_some() && file_id(&settings.socket) == socket_id {
+        let _ = std::fs::remove_file(&settings.socket);
+    }
+    if let Some(p) = settings.resp_socket.as_ref().filter(|p| resp_socket_id.is_some() && file_id(p) == resp_socket_id)
+    {
         let _ = std::fs::remove_file(p);
     }
     let _ = stop_tx.send(true);
@@ -211,43 +231,150 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the socket, refusing if a live chd answers on it and replacing a stale file left by
-/// one that was killed.
+/// Binds the socket, refusing if a live chd answers on it and replacing a stale socket left by
+/// one that was killed. The socket is born with its final mode (the umask is set around
+/// `bind`), so it is never reachable with a wider one, not even for a moment.
 pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-        } else if dir.starts_with("/tmp") && dir != Path::new("/tmp") {
-            // A directory under /tmp that someone else made could let them swap our socket.
-            let meta = std::fs::metadata(dir)?;
-            if meta.uid() != nix::unistd::Uid::effective().as_raw() {
-                bail!(
-                    "socket directory {} belongs to uid {}, not to us; remove it or pass --socket",
-                    dir.display(),
-                    meta.uid()
-                );
-            }
-        }
-    }
-    if path.exists() {
-        refuse_live_socket(path)?;
-        warn!(socket = %path.display(), "removing stale socket of a chd that is gone");
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
-    }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    // The allowed group owns the socket, so that a mode like 0660 lets its members in.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Pause points are named after the socket: chd binds more than one (RESP).
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    pause_point_blocking(&format!("socket-dir:{name}"));
+    prepare_socket_dir(dir, group)?;
+    remove_stale_socket(path)?;
+    // The umask is process-wide: this runs before the spawner thread and any task that creates
+    // files, so nothing else is created under it.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    pause_point_blocking(&format!("socket-bound:{name}"));
+    // The allowed group owns the socket, so that a mode like 0660 lets its members in. Until
+    // then the group is chd's own, whose members the credential check still refuses.
     if let Some(gid) = group.filter(|&g| g != nix::unistd::Gid::effective().as_raw()) {
         if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
             warn!(socket = %path.display(), gid, error = %e, "cannot give the socket to the allowed group; its members need a socket_mode that lets them in");
         }
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
     Ok(listener)
+}
+
+/// Makes sure nobody but chd's user (and root) can replace or swap the socket: the directory is
+/// created 0700 by chd itself (`mkdir`, which fails if someone made it first), and an existing
+/// one must be owned by chd's user or root and not writable by others.
+fn prepare_socket_dir(dir: &Path, group: Option<u32>) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => info!(dir = %dir.display(), "created the socket directory"),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create socket directory {}", dir.display())),
+    }
+    // Followed if a symlink: what counts is who can change the directory the socket lands in.
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot inspect socket directory {}", dir.display()))?;
+    let ours = SocketDirOwner {
+        uid: nix::unistd::Uid::effective().as_raw(),
+        gids: [Some(nix::unistd::Gid::effective().as_raw()), group].into_iter().flatten().collect(),
+    };
+    if let Some(why) = socket_dir_problem(meta.is_dir(), meta.uid(), meta.gid(), meta.mode(), &ours) {
+        bail!("socket directory {}: {why}; fix it or pass --socket", dir.display());
+    }
+    Ok(())
+}
+
+struct SocketDirOwner {
+    uid: u32,
+    /// Groups whose write access to the directory is no stranger's.
+    gids: Vec<u32>,
+}
+
+/// Why a directory is not safe to hold chd's socket, if it is not. A sticky world-writable
+/// directory such as `/tmp` is safe: others cannot remove or rename what chd creates there.
+fn socket_dir_problem(is_dir: bool, uid: u32, gid: u32, mode: u32, us: &SocketDirOwner) -> Option<String> {
+    if !is_dir {
+        return Some("not a directory".into());
+    }
+    if uid != us.uid && uid != 0 {
+        return Some(format!("owned by uid {uid}, not by chd's user ({}) or root", us.uid));
+    }
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Some(format!("mode {:o} lets every user replace the socket", mode & 0o7777));
+    }
+    if mode & 0o020 != 0 && !sticky && !us.gids.contains(&gid) {
+        return Some(format!("mode {:o} lets group {gid} replace the socket", mode & 0o7777));
+    }
+    None
+}
+
+/// Removes what a killed chd left at `path`: only a socket, only when nobody answers on it, and
+/// never by following a symlink. Anything else there is someone's file; chd refuses to start.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    };
+    let kind = meta.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_symlink() {
+            "a symlink"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a socket"
+        };
+        bail!("{} is {what}; chd removes only a stale socket of its own; remove it or pass --socket", path.display());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!("another chd is serving socket {}; stop it first", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            warn!(socket = %path.display(), "removing stale socket of a chd that is gone");
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
+        }
+        Err(e) => bail!("cannot tell whether socket {} is stale: {e}; remove it or pass --socket", path.display()),
+    }
+}
+
+/// SIGHUP: reads the flags and the config file again, applies what can change while chd runs
+/// (the log level) and says which other changes wait for a restart. Never stops chd: a bad
+/// file keeps the running settings.
+fn reload_settings(loaded: &mut Settings, reload: &Reload) {
+    let new = match Settings::resolve(&reload.args) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running settings stay");
+            return;
+        }
+    };
+    let (live, restart) = loaded.changes(&new);
+    if live.contains(&"log_level") {
+        match &reload.set_log_level {
+            None => {
+                warn!(log_level = %new.log_level, "SIGHUP: log_level changed, but RUST_LOG sets the filter; unchanged")
+            }
+            Some(set) => match set(&new.log_level) {
+                Ok(()) => {
+                    info!(from = %loaded.log_level, to = %new.log_level, "SIGHUP: log level changed");
+                    loaded.log_level = new.log_level.clone();
+                }
+                Err(e) => warn!(error = %e, "SIGHUP: cannot change the log level"),
+            },
+        }
+    }
+    for key in &restart {
+        warn!(setting = key, "SIGHUP: changed in the configuration; takes effect at the next start of chd");
+    }
+    let file = new.config_file.as_ref().map_or("none".into(), |f| f.display().to_string());
+    info!(config_file = %file, applied = ?live, need_restart = ?restart, "SIGHUP: configuration reloaded");
 }
 
 /// W of this start. It is fixed with the data dir, like R: a W raised on an existing data dir
@@ -270,6 +397,38 @@ fn settled_write_quorum(settings: &Settings, file: &ClusterFile) -> anyhow::Resu
     Ok(w)
 }
 
+/// In debug builds, `CHD_TEST_PAUSE_AT=<point>` with `CHD_TEST_PAUSE_FILE=<path>` makes chd
+/// stop at that point: it creates the file, and goes on once a test has removed it. Tests force
+/// an interleaving with it instead of racing a timer.
+pub async fn pause_point(point: &str) {
+    if let Some(file) = pause_file(point) {
+        while file.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        eprintln!("chd: resuming at {point}");
+    }
+}
+
+/// [`pause_point`] for code that runs outside the async runtime or before it serves.
+pub fn pause_point_blocking(point: &str) {
+    if let Some(file) = pause_file(point) {
+        while file.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("chd: resuming at {point}");
+    }
+}
+
+fn pause_file(point: &str) -> Option<std::path::PathBuf> {
+    if !cfg!(debug_assertions) || std::env::var("CHD_TEST_PAUSE_AT").map_or(true, |p| p != point) {
+        return None;
+    }
+    let file = std::path::PathBuf::from(std::env::var_os("CHD_TEST_PAUSE_FILE")?);
+    std::fs::write(&file, point).ok()?;
+    eprintln!("chd: paused at {point} until {} is removed", file.display());
+    Some(file)
+}
+
 /// In debug builds, `CHD_TEST_CRASH_AT=<point>` makes chd die at that point, the way a kill -9
 /// would, so that tests can reach a crash window without racing a signal against it.
 pub fn crash_point(point: &str) {
@@ -280,10 +439,16 @@ pub fn crash_point(point: &str) {
 }
 
 fn refuse_live_socket(path: &Path) -> anyhow::Result<()> {
+    // Only connects (never removes): following a symlink here harms nobody.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("another chd is serving socket {}; stop it first", path.display());
     }
     Ok(())
+}
+
+/// The identity (device, inode) of what is at `path` itself, not following a symlink.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn count_up(cluster: &Cluster) -> usize {

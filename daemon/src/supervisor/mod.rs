@@ -305,7 +305,7 @@ impl Keeper {
     /// Runs one worker process until it exits or chd stops it.
     async fn watch(&mut self, generation: u64, spawned: Spawned, respawn: bool) -> Outcome {
         let id = self.id;
-        let Spawned { pid, stream, exited } = spawned;
+        let Spawned { pid, process, stream, exited } = spawned;
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             let status = exited.await.ok();
@@ -316,7 +316,7 @@ impl Keeper {
             Ok(s) => WorkerLink::start(s),
             Err(e) => {
                 error!(node = id, error = %e, "cannot use worker socket");
-                kill(pid);
+                kill(&process);
                 return self.wait_exit(generation).await;
             }
         };
@@ -340,14 +340,14 @@ impl Keeper {
                 }
                 Err(_) => {
                     error!(node = id, "worker did not open its database in time; killing it");
-                    kill(pid);
+                    kill(&process);
                     return self.wait_exit(generation).await;
                 }
             },
             ev = self.wait_exit(generation) => return ev,
         };
         let Some(mode) = self.admit(&hello, respawn, &link).await else {
-            kill(pid);
+            kill(&process);
             return self.wait_exit(generation).await;
         };
         let state = match mode {
@@ -402,7 +402,7 @@ impl Keeper {
                 Some(Event::Hung { generation: g }) if g == generation => {
                     warn!(node = id, pid, timeout_ms = HEALTH_TIMEOUT.as_millis() as u64, "worker hung; killing it");
                     self.cluster.update(id, |s| s.state = NodeState::Hung);
-                    kill(pid);
+                    kill(&process);
                 }
                 Some(Event::LinkLost { generation: g }) if g == generation => {
                     // Usually the process exited and its exit is about to be reported.
@@ -410,7 +410,7 @@ impl Keeper {
                         Ok(outcome) => break outcome,
                         Err(_) => {
                             warn!(node = id, pid, "lost the link to a running worker; killing it");
-                            kill(pid);
+                            kill(&process);
                             break self.wait_exit(generation).await;
                         }
                     }
@@ -442,7 +442,7 @@ impl Keeper {
                 }
                 Some(Event::Restart) => {
                     info!(node = id, "restart requested");
-                    kill(pid);
+                    kill(&process);
                     self.wait_exit(generation).await;
                     break Outcome::RestartNow;
                 }
@@ -453,7 +453,7 @@ impl Keeper {
                     }
                     info!(node = id, "rebuild requested");
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
-                    kill(pid);
+                    kill(&process);
                     self.wait_exit(generation).await;
                     let _ = reply.send(self.set_aside("rebuild requested"));
                     break Outcome::RebuildNow;
@@ -468,7 +468,7 @@ impl Keeper {
                         Ok(_) => {}
                         Err(_) => {
                             warn!(node = id, "worker did not stop in time; killing it");
-                            kill(pid);
+                            kill(&process);
                         }
                     }
                     break Outcome::Shutdown(done);
@@ -576,8 +576,7 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
-fn kill(pid: u32) {
-    // The worker is reaped only by its reaper thread, after which the pid is never signalled
-    // again (each generation kills its own pid before waiting for its exit).
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+fn kill(process: &spawn::Process) {
+    // Through the worker's pidfd: once it is reaped, its pid may be another process's.
+    let _ = process.kill();
 }
