@@ -382,7 +382,7 @@ mod tests {
         assert!(e.to_string().contains("requirepass"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("chd.toml");
-        std::fs::write(&f, "requirepass = \"pw\"\n").unwrap();
+        std::fs::write(&f, "requirepass = \"s3cr3t-Zq9\"\n").unwrap();
         let with = |addr: &str| {
             let f = f.clone();
             let addr = addr.to_string();
@@ -394,9 +394,9 @@ mod tests {
         assert_eq!(with("127.0.0.1:6379").unwrap().resp_listen, Some("127.0.0.1:6379".parse().unwrap()));
         let e = with("0.0.0.0:6379").unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
-        std::fs::write(&f, "requirepass = \"pw\"\nresp_listen_any = true\n").unwrap();
+        std::fs::write(&f, "requirepass = \"s3cr3t-Zq9\"\nresp_listen_any = true\n").unwrap();
         assert!(with("0.0.0.0:6379").is_ok());
-        assert!(!with("127.0.0.1:1").unwrap().render().contains("pw"));
+        assert!(!with("127.0.0.1:1").unwrap().render().contains("s3cr3t-Zq9"));
     }
 
     #[test]
