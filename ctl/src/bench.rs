@@ -39,18 +39,18 @@ struct Phase {
 }
 
 impl Phase {
-    fn report(&mut self, name: &str) -> f64 {
+    fn report(&mut self, name: &str) -> anyhow::Result<f64> {
         self.lat.sort_unstable();
         let pct = |q: f64| self.lat.get(((self.lat.len() as f64 * q) as usize).min(self.lat.len().saturating_sub(1)));
         let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
         let rate = self.ops as f64 / self.secs;
-        println!(
+        outln!(
             "{name:<18} {rate:>10.0} ops/s   p50 {:>7.0} us   p99 {:>7.0} us   ({} ops)",
             us(pct(0.5)),
             us(pct(0.99)),
             self.ops
-        );
-        rate
+        )?;
+        Ok(rate)
     }
 }
 
@@ -58,7 +58,7 @@ pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
     let mut c = Client::connect(socket)?;
     let Response::Status(status) = c.call(Request::Status)? else { bail!("unexpected answer") };
     let dur = Duration::from_secs_f64(args.seconds);
-    println!(
+    outln!(
         "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
         status.version,
         status.nodes.len(),
@@ -67,14 +67,14 @@ pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
         args.clients,
         args.value_size,
         args.seconds
-    );
+    )?;
     let fsync = fdatasync_rate(Path::new(&status.data_dir), dur.min(Duration::from_secs(3)))?;
-    println!("{:<18} {fsync:>10.0} ops/s   (4 KiB overwrite + fdatasync, same disk)", "raw fdatasync");
+    outln!("{:<18} {fsync:>10.0} ops/s   (4 KiB overwrite + fdatasync, same disk)", "raw fdatasync")?;
     let mut writes = phase(socket, &args, dur, true)?;
-    let wrate = writes.report("durable set");
-    println!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync);
+    let wrate = writes.report("durable set")?;
+    outln!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync)?;
     if !args.writes_only {
-        phase(socket, &args, dur, false)?.report("get");
+        phase(socket, &args, dur, false)?.report("get")?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! One function per chctl command.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -28,9 +28,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Get { key } => match client.call(Request::Get { key: key.clone().into_bytes() })? {
             Response::Value(Some(v)) => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&v)?;
-                out.flush()?;
+                crate::out::write_all(&v)?;
             }
             Response::Value(None) => {
                 eprintln!("chctl: no such key: {key}");
@@ -40,7 +38,6 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Del { key } => expect_done(client.call(Request::Del { key: key.into_bytes() })?)?,
         Command::Keys { prefix, limit } => {
-            let mut out = std::io::stdout().lock();
             let (mut cursor, mut shown) = (0, 0u64);
             loop {
                 let request = Request::Scan { cursor, prefix: prefix.clone().into_bytes(), count: 1000 };
@@ -49,8 +46,8 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
                     if limit.is_some_and(|l| shown >= l) {
                         return Ok(ExitCode::SUCCESS);
                     }
-                    out.write_all(&k)?;
-                    out.write_all(b"\n")?;
+                    crate::out::write_all(&k)?;
+                    crate::out::write_all(b"\n")?;
                     shown += 1;
                 }
                 if next == 0 {
@@ -58,10 +55,9 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
                 }
                 cursor = next;
             }
-            out.flush()?;
         }
         Command::Exists { key } => match client.call(Request::Exists { key: key.clone().into_bytes() })? {
-            Response::Exists(true) => println!("{key} exists"),
+            Response::Exists(true) => outln!("{key} exists")?,
             Response::Exists(false) => {
                 eprintln!("chctl: no such key: {key}");
                 return Ok(ExitCode::from(1));
@@ -71,35 +67,35 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+                outln!("{}", serde_json::to_string_pretty(&status_json(&s))?)?;
             } else {
-                print_status(&s);
+                print_status(&s)?;
             }
         }
         Command::Ring { json, plan: Some(plan) } => {
             let change = parse_change(&plan)?;
             let Response::Plan(p) = client.call(Request::Plan { change })? else { bail!("unexpected answer") };
             if json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
+                outln!("{}", serde_json::to_string_pretty(&p)?)?;
             } else {
-                print_plan(&p);
+                print_plan(&p)?;
             }
         }
         Command::Ring { json, plan: None } => {
             let Response::Ring(r) = client.call(Request::Ring)? else { bail!("unexpected answer") };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
-                println!("{} partitions, {} replicas of each key", r.partitions, r.replicas);
-                println!("{:>6} {:>11} {:>10}", "NODE", "PARTITIONS", "KEYSPACE");
+                outln!("{} partitions, {} replicas of each key", r.partitions, r.replicas)?;
+                outln!("{:>6} {:>11} {:>10}", "NODE", "PARTITIONS", "KEYSPACE")?;
                 for n in &r.nodes {
-                    println!("{:>6} {:>11} {:>9.2}%", n.id, n.partitions, n.share * 100.0);
+                    outln!("{:>6} {:>11} {:>9.2}%", n.id, n.partitions, n.share * 100.0)?;
                 }
             }
         }
         Command::Node(NodeCommand::Restart { id }) => {
             expect_done(client.call(Request::NodeRestart { id })?)?;
-            println!("node {id}: restart requested");
+            outln!("node {id}: restart requested")?;
         }
         Command::Node(NodeCommand::Rebuild { id }) => {
             expect_done(client.call(Request::NodeRebuild { id })?)?;
@@ -111,14 +107,17 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Repair { json } => {
             let Response::Repair(r) = client.call(Request::Repair)? else { bail!("unexpected answer") };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
-                println!(
+                outln!(
                     "checked {} partitions: {} differed; copied {} records ({} bytes)",
-                    r.partitions_checked, r.partitions_differing, r.keys_repaired, r.bytes_repaired
-                );
+                    r.partitions_checked,
+                    r.partitions_differing,
+                    r.keys_repaired,
+                    r.bytes_repaired
+                )?;
                 if !r.unreachable_nodes.is_empty() {
-                    println!("not checked (nodes not up): {:?}", r.unreachable_nodes);
+                    outln!("not checked (nodes not up): {:?}", r.unreachable_nodes)?;
                 }
             }
         }
@@ -130,7 +129,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
 fn change(client: &mut Client, request: Request) -> anyhow::Result<()> {
     let Response::Changing { what, added } = client.call(request)? else { bail!("unexpected answer") };
     if !added.is_empty() {
-        println!("new nodes: {added:?}");
+        outln!("new nodes: {added:?}")?;
     }
     crate::progress::follow_migration(client, &what)
 }
@@ -148,14 +147,20 @@ fn parse_change(words: &[String]) -> anyhow::Result<Change> {
     }
 }
 
-fn print_plan(p: &PlanReport) {
-    println!("{}: {} of {} partitions move", p.what, p.partitions_moving, p.partitions);
-    println!(
+fn print_plan(p: &PlanReport) -> anyhow::Result<()> {
+    outln!("{}: {} of {} partitions move", p.what, p.partitions_moving, p.partitions)?;
+    outln!(
         "{:>5} {:>9} {:>9} {:>12} {:>10} {:>12} {:>10}",
-        "NODE", "SHARE", "AFTER", "SEND", "SEND", "RECEIVE", "RECEIVE"
-    );
+        "NODE",
+        "SHARE",
+        "AFTER",
+        "SEND",
+        "SEND",
+        "RECEIVE",
+        "RECEIVE"
+    )?;
     for n in &p.nodes {
-        println!(
+        outln!(
             "{:>5} {:>8.2}% {:>8.2}% {:>8} rec {:>10} {:>8} rec {:>10}",
             n.id,
             n.share_before * 100.0,
@@ -164,8 +169,9 @@ fn print_plan(p: &PlanReport) {
             human_bytes(n.send_bytes),
             n.receive_records,
             human_bytes(n.receive_bytes)
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn expect_done(r: Response) -> anyhow::Result<()> {
@@ -180,21 +186,21 @@ fn status_json(s: &StatusReport) -> serde_json::Value {
     serde_json::to_value(s).expect("status serializes")
 }
 
-fn print_status(s: &StatusReport) {
-    println!("chd {} (pid {}), up {}s", s.version, s.pid, s.uptime_ms / 1000);
-    println!("data dir {}  socket {}", s.data_dir, s.socket);
-    println!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum);
+fn print_status(s: &StatusReport) -> anyhow::Result<()> {
+    outln!("chd {} (pid {}), up {}s", s.version, s.pid, s.uptime_ms / 1000)?;
+    outln!("data dir {}  socket {}", s.data_dir, s.socket)?;
+    outln!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum)?;
     if let Some(m) = s.migration.as_ref().filter(|m| !m.finished) {
-        println!("{}: {}/{} partitions moved, {} records", m.what, m.partitions_done, m.partitions_total, m.keys);
+        outln!("{}: {}/{} partitions moved, {} records", m.what, m.partitions_done, m.partitions_total, m.keys)?;
     }
-    println!();
-    println!("{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  PROGRESS", "NODE", "STATE", "PID", "RESTARTS", "KEYS", "DISK");
+    outln!()?;
+    outln!("{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  PROGRESS", "NODE", "STATE", "PID", "RESTARTS", "KEYS", "DISK")?;
     for n in &s.nodes {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let progress = n.progress.as_ref().map_or(String::new(), |p| {
             format!("{} {}/{} partitions, {} keys", p.what, p.partitions_done, p.partitions_total, p.keys)
         });
-        println!(
+        outln!(
             "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  {}",
             n.id,
             n.state.as_str(),
@@ -203,8 +209,9 @@ fn print_status(s: &StatusReport) {
             opt(n.keys),
             n.bytes.map_or("-".into(), human_bytes),
             progress
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -1,9 +1,12 @@
 //! chctl: the command-line client of chd.
 
+#[macro_use]
+mod out;
 mod bench;
 mod commands;
 mod progress;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,10 +97,16 @@ fn main() -> ExitCode {
     if let Some(user) = &cli.server_user {
         chd_client::trust::set_server_user(user);
     }
-    match commands::run(&socket, cli.command) {
+    let result = commands::run(&socket, cli.command).and_then(|code| Ok(out::flush().map(|()| code)?));
+    match result {
         Ok(code) => code,
+        // The reader went away (`| head`): a normal end, see `out`.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<out::OutputError>().is_some_and(|o| o.is_broken_pipe())) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("chctl: {e:#}");
+            // stderr may be closed too; there is nobody left to tell then.
+            let _ = writeln!(std::io::stderr(), "chctl: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -33,7 +33,7 @@ pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     finished: true,
                 });
-                summary(&format!("node {id} rebuilt"), &p);
+                summary(&format!("node {id} rebuilt"), &p)?;
                 return Ok(());
             }
             _ => {}
@@ -80,7 +80,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
             if tty {
                 eprint!("\r\x1b[K");
             }
-            println!("{what}: done; then {} started", other.what);
+            outln!("{what}: done; then {} started", other.what)?;
             return Ok(());
         }
         seen |= s.migration.as_ref().is_some_and(|m| m.what == what);
@@ -89,7 +89,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
                 if tty {
                     eprint!("\r\x1b[K");
                 }
-                summary(&format!("{what}: done"), &p);
+                summary(&format!("{what}: done"), &p)?;
                 return Ok(());
             }
             Some(p) if tty => draw(&p),
@@ -100,14 +100,15 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
 }
 
 /// The closing line of a rebuild or a migration.
-fn summary(label: &str, p: &NodeProgress) {
+fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
     let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
-    println!(
+    outln!(
         "{label}: {} partitions, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
         p.partitions_total,
         p.keys,
         crate::commands::human_bytes(p.bytes),
         p.keys as f64 / secs,
         p.bytes as f64 / secs / 1e6
-    );
+    )?;
+    Ok(())
 }
