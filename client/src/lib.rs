@@ -71,7 +71,8 @@ impl Client {
         match client.call(hello) {
             Ok(Response::Hello { .. }) => Ok(client),
             Ok(other) => bail!("chd answered hello with {other:?}"),
-            Err(e) => Err(anyhow!("{e}")),
+            // Kept typed, so that a caller can tell chd's refusal from a lost connection.
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -55,7 +55,7 @@ impl Phase {
 }
 
 pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
-    let mut c = Client::connect(socket)?;
+    let mut c = crate::commands::connect(socket)?;
     let Response::Status(status) = c.call(Request::Status)? else { bail!("unexpected answer") };
     let dur = Duration::from_secs_f64(args.seconds);
     outln!(

@@ -5,16 +5,17 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use chd_data::proto::{Change, PlanReport, Request, Response, StatusReport};
+use chd_data::proto::{Change, NodeState, PlanReport, Request, Response, StatusReport};
 
+use crate::exit;
 use crate::{Command, NodeCommand};
-use chd_client::Client;
+use chd_client::{CallError, Client};
 
 pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
     if let Command::Bench(args) = command {
         return crate::bench::run(socket, args).map(|()| ExitCode::SUCCESS);
     }
-    let mut client = Client::connect(socket)?;
+    let mut client = connect(socket)?;
     match command {
         Command::Set { key, value } => {
             let value = if value == "-" {
@@ -32,7 +33,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
             }
             Response::Value(None) => {
                 eprintln!("chctl: no such key: {key}");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(exit::NOT_FOUND));
             }
             other => bail!("unexpected answer: {other:?}"),
         },
@@ -60,13 +61,16 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
             Response::Exists(true) => outln!("{key} exists")?,
             Response::Exists(false) => {
                 eprintln!("chctl: no such key: {key}");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(exit::NOT_FOUND));
             }
             other => bail!("unexpected answer: {other:?}"),
         },
-        Command::Status { json } => {
+        Command::Status { json, check } => {
             let Response::Status(s) = client.call(Request::Status)? else { bail!("unexpected answer") };
-            if json {
+            if check {
+                let states: Vec<(u32, NodeState)> = s.nodes.iter().map(|n| (n.id, n.state)).collect();
+                outln!("{}", health(&states).map_err(|why| exit::fail(exit::UNAVAILABLE, why))?)?;
+            } else if json {
                 outln!("{}", serde_json::to_string_pretty(&status_json(&s))?)?;
             } else {
                 print_status(&s)?;
@@ -126,6 +130,31 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `status --check`: one line, and whether every node is up.
+fn health(nodes: &[(u32, NodeState)]) -> Result<String, String> {
+    let not_up: Vec<String> = nodes
+        .iter()
+        .filter(|(_, s)| *s != NodeState::Up)
+        .map(|(id, s)| format!("node {id} is {}", s.as_str()))
+        .collect();
+    if not_up.is_empty() {
+        Ok(format!("chd: all {} nodes up", nodes.len()))
+    } else {
+        Err(format!("{} of {} nodes not up: {}", not_up.len(), nodes.len(), not_up.join(", ")))
+    }
+}
+
+/// Connects; any failure short of chd's own answer means chd cannot be reached.
+pub fn connect(socket: &Path) -> anyhow::Result<Client> {
+    Client::connect(socket).map_err(|e| {
+        if e.chain().any(|c| c.is::<CallError>()) {
+            e
+        } else {
+            exit::fail(exit::UNREACHABLE, format!("{e:#}"))
+        }
+    })
+}
+
 fn change(client: &mut Client, request: Request) -> anyhow::Result<()> {
     let Response::Changing { what, added } = client.call(request)? else { bail!("unexpected answer") };
     if !added.is_empty() {
@@ -136,14 +165,19 @@ fn change(client: &mut Client, request: Request) -> anyhow::Result<()> {
 
 fn parse_change(words: &[String]) -> anyhow::Result<Change> {
     let arg = |what: &str| -> anyhow::Result<u32> {
-        let w = words.get(1).ok_or_else(|| anyhow::anyhow!("--plan {what} needs a node id"))?;
-        w.parse().map_err(|_| anyhow::anyhow!("{w:?} is not a node id"))
+        let w = words.get(1).ok_or_else(|| exit::fail(exit::USAGE, format!("--plan {what} needs a node id")))?;
+        w.parse().map_err(|_| exit::fail(exit::USAGE, format!("{w:?} is not a node id")))
     };
     match words[0].as_str() {
-        "add" => Ok(Change::Add { count: words.get(1).map_or(Ok(1), |c| c.parse()).context("count")? }),
+        "add" => Ok(Change::Add {
+            count: words
+                .get(1)
+                .map_or(Ok(1), |c| c.parse())
+                .map_err(|_| exit::fail(exit::USAGE, "--plan add takes a count of nodes"))?,
+        }),
         "remove" => Ok(Change::Remove { id: arg("remove")? }),
         "replace" => Ok(Change::Replace { id: arg("replace")? }),
-        other => bail!("--plan takes add, remove or replace, not {other:?}"),
+        other => Err(exit::fail(exit::USAGE, format!("--plan takes add, remove or replace, not {other:?}"))),
     }
 }
 
@@ -226,5 +260,19 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_ok_only_when_every_node_is_up() {
+        assert_eq!(health(&[(1, NodeState::Up), (2, NodeState::Up)]), Ok("chd: all 2 nodes up".into()));
+        assert_eq!(
+            health(&[(1, NodeState::Up), (2, NodeState::Failed), (3, NodeState::Starting)]),
+            Err("2 of 3 nodes not up: node 2 is failed, node 3 is starting".into())
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod out;
 mod bench;
 mod commands;
+mod exit;
 mod progress;
 
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chctl", version, about = "Talk to chd, the replicated key-value daemon")]
+#[command(name = "chctl", version, about = "Talk to chd, the replicated key-value daemon", after_help = exit::HELP)]
 struct Cli {
     /// chd's socket [default: $CHD_SOCKET, else $RUNTIME_DIRECTORY/chd.sock, else
     /// $XDG_RUNTIME_DIR/chd.sock, else /tmp/chd-$UID/chd.sock; else /run/chd/chd.sock if only
@@ -53,6 +54,10 @@ pub enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Health check: print one line and exit 0 only if every node is up, else 5 (3 if chd
+        /// cannot be reached), like pg_isready.
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
     },
     /// Show each node's share of the key space, or with --plan what a change would move.
     Ring {
@@ -100,15 +105,15 @@ fn main() -> ExitCode {
     let result = commands::run(&socket, cli.command).and_then(|code| Ok(out::flush().map(|()| code)?));
     match result {
         Ok(code) => code,
-        // The reader went away (`| head`): a normal end, see `out`.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<out::OutputError>().is_some_and(|o| o.is_broken_pipe())) => {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            // stderr may be closed too; there is nobody left to tell then.
-            let _ = writeln!(std::io::stderr(), "chctl: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match exit::code_of(&e) {
+            // The reader went away (`| head`): a normal end, see `out`.
+            None => ExitCode::SUCCESS,
+            Some(code) => {
+                // stderr may be closed too; there is nobody left to tell then.
+                let _ = writeln!(std::io::stderr(), "chctl: {e:#}");
+                ExitCode::from(code)
+            }
+        },
     }
 }
 
