@@ -1,6 +1,6 @@
 //! One function per chctl command.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -30,6 +30,11 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Get { key } => match client.call(Request::Get { key: key.clone().into_bytes() })? {
             Response::Value(Some(v)) => {
                 crate::out::write_all(&v)?;
+                // On a terminal, end the line so the prompt does not stick to the value; a pipe
+                // or a file gets the bytes exactly.
+                if std::io::stdout().is_terminal() && !v.ends_with(b"\n") {
+                    crate::out::write_all(b"\n")?;
+                }
             }
             Response::Value(None) => {
                 eprintln!("chctl: no such key: {key}");
