@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use chd_data::proto::{Change, NodeState, PlanReport, Request, Response, StatusReport};
+use chd_data::proto::{Change, NodeState, PlanReport, Request, Response, StatusReport, MAX_KEY, MAX_VALUE};
 
 use crate::exit;
 use crate::{Command, NodeCommand};
@@ -18,16 +18,12 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
     let mut client = connect(socket)?;
     match command {
         Command::Set { key, value } => {
-            let value = if value == "-" {
-                let mut v = Vec::new();
-                std::io::stdin().read_to_end(&mut v).context("cannot read the value from stdin")?;
-                v
-            } else {
-                value.into_bytes()
-            };
-            expect_done(client.call(Request::Set { key: key.into_bytes(), value })?)?;
+            let key = checked_key(key)?;
+            let value =
+                if value == "-" { read_value(std::io::stdin().lock())? } else { checked_value(value.into_bytes())? };
+            expect_done(client.call(Request::Set { key, value })?)?;
         }
-        Command::Get { key } => match client.call(Request::Get { key: key.clone().into_bytes() })? {
+        Command::Get { key } => match client.call(Request::Get { key: checked_key(key.clone())? })? {
             Response::Value(Some(v)) => {
                 crate::out::write_all(&v)?;
                 // On a terminal, end the line so the prompt does not stick to the value; a pipe
@@ -42,7 +38,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
             }
             other => bail!("unexpected answer: {other:?}"),
         },
-        Command::Del { key } => expect_done(client.call(Request::Del { key: key.into_bytes() })?)?,
+        Command::Del { key } => expect_done(client.call(Request::Del { key: checked_key(key)? })?)?,
         Command::Keys { prefix, limit } => {
             let (mut cursor, mut shown) = (0, 0u64);
             loop {
@@ -62,7 +58,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
                 cursor = next;
             }
         }
-        Command::Exists { key } => match client.call(Request::Exists { key: key.clone().into_bytes() })? {
+        Command::Exists { key } => match client.call(Request::Exists { key: checked_key(key.clone())? })? {
             Response::Exists(true) => outln!("{key} exists")?,
             Response::Exists(false) => {
                 eprintln!("chctl: no such key: {key}");
@@ -133,6 +129,35 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key chd would refuse for its size is refused here, before anything is sent.
+fn checked_key(key: String) -> anyhow::Result<Vec<u8>> {
+    if key.len() > MAX_KEY {
+        return Err(exit::fail(exit::REFUSED, format!("key is {} bytes; the limit is {MAX_KEY}", key.len())));
+    }
+    Ok(key.into_bytes())
+}
+
+fn checked_value(value: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    if value.len() > MAX_VALUE {
+        return Err(exit::fail(exit::REFUSED, format!("value is {} bytes; the limit is {MAX_VALUE}", value.len())));
+    }
+    Ok(value)
+}
+
+/// The value from `input` (stdin for "-"): reads at most one byte past the limit, so a huge
+/// input is refused without being buffered.
+fn read_value(input: impl Read) -> anyhow::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    input.take(MAX_VALUE as u64 + 1).read_to_end(&mut v).context("cannot read the value from stdin")?;
+    if v.len() > MAX_VALUE {
+        return Err(exit::fail(
+            exit::REFUSED,
+            format!("value is more than {MAX_VALUE} bytes; the limit is {MAX_VALUE}"),
+        ));
+    }
+    Ok(v)
 }
 
 /// `status --check`: one line, and whether every node is up.
@@ -271,6 +296,19 @@ pub fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_over_the_limits_are_refused_before_sending() {
+        assert!(checked_key("k".repeat(MAX_KEY)).is_ok());
+        let e = checked_key("k".repeat(MAX_KEY + 1)).unwrap_err();
+        assert_eq!(e.to_string(), format!("key is {} bytes; the limit is {MAX_KEY}", MAX_KEY + 1));
+        assert_eq!(exit::code_of(&e), Some(exit::REFUSED));
+        assert_eq!(read_value(&vec![7u8; MAX_VALUE][..]).unwrap().len(), MAX_VALUE);
+        let e = read_value(std::io::repeat(7)).unwrap_err();
+        assert_eq!(e.to_string(), "value is more than 33554432 bytes; the limit is 33554432");
+        let e = checked_value(vec![0; MAX_VALUE + 1]).unwrap_err();
+        assert_eq!(e.to_string(), "value is 33554433 bytes; the limit is 33554432");
+    }
 
     #[test]
     fn health_is_ok_only_when_every_node_is_up() {
