@@ -1,6 +1,11 @@
 //! `chctl bench`: durable writes (and reads) per second through chd, next to the raw
 //! fdatasync rate of the disk under chd's data dir, measured in the same run so that the ratio
 //! means something on a noisy machine.
+//!
+//! Bench writes only keys under its own prefix, `chctl-bench:<pid>:`, and deletes every key it
+//! wrote before it ends, also when interrupted with Ctrl-C (SIGINT stops the phases early, then
+//! the clean-up runs, then chctl exits 130). Arguments that cannot make a measurement (no time,
+//! no clients, more clients than chd accepts connections) are refused before connecting.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -8,23 +13,62 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::bail;
 use chd_data::proto::{Request, Response};
 
+use crate::exit;
 use chd_client::Client;
+
+/// chd's limit of connections on its socket (daemon/src/server/mod.rs `MAX_CONNECTIONS`).
+const MAX_CLIENTS: usize = 1024;
+
+/// Set by SIGINT: the phases stop early so that the clean-up still runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Why these arguments cannot make a measurement, if they cannot.
+fn check(args: &BenchArgs) -> Result<(), String> {
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        return Err(format!("--seconds must be more than 0, not {}", args.seconds));
+    }
+    if args.clients == 0 || args.clients > MAX_CLIENTS {
+        return Err(format!(
+            "--clients must be 1 to {MAX_CLIENTS} (chd accepts at most {MAX_CLIENTS} connections), not {}",
+            args.clients
+        ));
+    }
+    if args.keys == 0 {
+        return Err("--keys must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The key a bench client writes: under this process's own prefix, never a user's key.
+fn key(prefix: &str, client: usize, i: u64) -> Vec<u8> {
+    format!("{prefix}{client}:{i}").into_bytes()
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Concurrent clients, each on its own connection.
+    /// Concurrent clients, each on its own connection (1 to 1024, chd's connection limit).
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds per phase (more than 0).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
     seconds: f64,
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Distinct keys each client cycles through.
+    /// Distinct keys each client cycles through (at least 1).
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
     /// Skip the read phase.
@@ -55,8 +99,14 @@ impl Phase {
 }
 
 pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
+    check(&args).map_err(|why| exit::fail(exit::USAGE, why))?;
     let mut c = crate::commands::connect(socket)?;
     let Response::Status(status) = c.call(Request::Status)? else { bail!("unexpected answer") };
+    // Every connection for the clients: chd counts this one too.
+    drop(c);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let prefix = format!("chctl-bench:{}:", std::process::id());
     let dur = Duration::from_secs_f64(args.seconds);
     outln!(
         "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
@@ -70,40 +120,118 @@ pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
     )?;
     let fsync = fdatasync_rate(Path::new(&status.data_dir), dur.min(Duration::from_secs(3)))?;
     outln!("{:<18} {fsync:>10.0} ops/s   (4 KiB overwrite + fdatasync, same disk)", "raw fdatasync")?;
-    let mut writes = phase(socket, &args, dur, true)?;
-    let wrate = writes.report("durable set")?;
-    outln!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync)?;
-    if !args.writes_only {
-        phase(socket, &args, dur, false)?.report("get")?;
+    // How many distinct keys each client wrote: what the clean-up deletes, whatever happens.
+    let mut written = vec![0u64; args.clients];
+    let measured = measure(socket, &args, &prefix, dur, fsync, &mut written);
+    let cleaned = clean_up(socket, &prefix, &written);
+    measured?;
+    let deleted = cleaned?;
+    if interrupted() {
+        return Err(exit::fail(130, format!("interrupted; deleted the {deleted} keys bench wrote")));
     }
     Ok(())
 }
 
-fn phase(socket: &Path, args: &BenchArgs, dur: Duration, write: bool) -> anyhow::Result<Phase> {
+fn measure(
+    socket: &Path,
+    args: &BenchArgs,
+    prefix: &str,
+    dur: Duration,
+    fsync: f64,
+    written: &mut [u64],
+) -> anyhow::Result<()> {
+    let mut writes = phase(socket, args, prefix, dur, true, written)?;
+    let wrate = writes.report("durable set")?;
+    outln!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync)?;
+    if !args.writes_only && !interrupted() {
+        phase(socket, args, prefix, dur, false, written)?.report("get")?;
+    }
+    Ok(())
+}
+
+/// Deletes every key bench wrote, pipelined; returns how many.
+fn clean_up(socket: &Path, prefix: &str, written: &[u64]) -> anyhow::Result<u64> {
+    if written.iter().all(|&n| n == 0) {
+        return Ok(0);
+    }
+    let mut c = crate::commands::connect(socket)?;
+    let keys = written.iter().enumerate().flat_map(|(t, &n)| (0..n).map(move |i| key(prefix, t, i)));
+    let mut deleted = 0u64;
+    let mut in_flight = 0;
+    for k in keys {
+        c.send(Request::Del { key: k })?;
+        in_flight += 1;
+        if in_flight == 128 {
+            deleted += drain(&mut c, in_flight)?;
+            in_flight = 0;
+        }
+    }
+    deleted += drain(&mut c, in_flight)?;
+    Ok(deleted)
+}
+
+fn drain(c: &mut Client, n: u64) -> anyhow::Result<u64> {
+    c.flush()?;
+    for _ in 0..n {
+        if let Err(e) = c.receive()?.response {
+            bail!("cannot delete bench's keys: {e}");
+        }
+    }
+    Ok(n)
+}
+
+fn phase(
+    socket: &Path,
+    args: &BenchArgs,
+    prefix: &str,
+    dur: Duration,
+    write: bool,
+    written: &mut [u64],
+) -> anyhow::Result<Phase> {
     let value = vec![b'v'; args.value_size];
     let start = Instant::now();
     let handles: Vec<_> = (0..args.clients)
         .map(|t| {
-            let (socket, value, keys) = (socket.to_path_buf(), value.clone(), args.keys);
-            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                let mut c = Client::connect(&socket)?;
+            let (socket, value, keys, prefix) = (socket.to_path_buf(), value.clone(), args.keys, prefix.to_string());
+            let reads = written[t];
+            std::thread::spawn(move || -> (Vec<Duration>, u64, Option<anyhow::Error>) {
                 let mut lat = Vec::new();
+                let mut max = 0;
+                let mut c = match crate::commands::connect(&socket) {
+                    Ok(c) => c,
+                    Err(e) => return (lat, max, Some(e)),
+                };
                 let mut i = 0u64;
-                while start.elapsed() < dur {
-                    let key = format!("bench:{t}:{}", i % keys).into_bytes();
+                while start.elapsed() < dur && !interrupted() {
+                    // Reads cycle through the keys this client wrote, if it wrote fewer.
+                    let n = if write { i % keys } else { i % reads.clamp(1, keys) };
+                    let key = key(&prefix, t, n);
                     let req = if write { Request::Set { key, value: value.clone() } } else { Request::Get { key } };
                     let t0 = Instant::now();
-                    c.call(req)?;
+                    // Counted before the call: a set that fails may still have been stored.
+                    if write {
+                        max = max.max(n + 1);
+                    }
+                    if let Err(e) = c.call(req) {
+                        return (lat, max, Some(e.into()));
+                    }
                     lat.push(t0.elapsed());
                     i += 1;
                 }
-                Ok(lat)
+                (lat, max, None)
             })
         })
         .collect();
     let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??);
+    let mut failed = None;
+    for (t, h) in handles.into_iter().enumerate() {
+        let (l, max, err) = h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
+        lat.extend(l);
+        written[t] = written[t].max(max);
+        failed = failed.or(err);
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     Ok(Phase { ops: lat.len() as u64, secs: start.elapsed().as_secs_f64(), lat })
 }
@@ -124,7 +252,7 @@ fn fdatasync_rate(data_dir: &Path, dur: Duration) -> anyhow::Result<f64> {
     f.sync_all()?;
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < dur {
+    while start.elapsed() < dur && !interrupted() {
         f.write_all_at(&block, 0)?;
         f.sync_data()?;
         n += 1;
@@ -132,4 +260,30 @@ fn fdatasync_rate(data_dir: &Path, dur: Duration) -> anyhow::Result<f64> {
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(path);
     Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(clients: usize, seconds: f64, keys: u64) -> BenchArgs {
+        BenchArgs { clients, seconds, value_size: 100, keys, writes_only: false }
+    }
+
+    #[test]
+    fn impossible_arguments_are_refused() {
+        assert!(check(&args(1, 5.0, 10)).is_ok());
+        assert!(check(&args(MAX_CLIENTS, 0.1, 1)).is_ok());
+        assert!(check(&args(1, 0.0, 10)).unwrap_err().contains("--seconds"));
+        assert!(check(&args(1, -1.0, 10)).unwrap_err().contains("--seconds"));
+        assert!(check(&args(1, f64::NAN, 10)).unwrap_err().contains("--seconds"));
+        assert!(check(&args(0, 1.0, 10)).unwrap_err().contains("--clients"));
+        assert!(check(&args(2000, 1.0, 10)).unwrap_err().contains("at most 1024 connections"));
+        assert!(check(&args(1, 1.0, 0)).unwrap_err().contains("--keys"));
+    }
+
+    #[test]
+    fn bench_keys_are_under_a_prefix_of_their_own() {
+        assert_eq!(key("chctl-bench:7:", 2, 3), b"chctl-bench:7:2:3");
+    }
 }

@@ -31,7 +31,8 @@ Exit status:
   4  refused: permission denied, key or value too large, empty key, no such node
   5  chd cannot serve it now: too few replicas, disk full, another change in progress,
      nodes not up (status --check); retry later
-  6  anything else: chctl cannot read its input or write its output";
+  6  anything else: chctl cannot read its input or write its output
+  130  bench interrupted by Ctrl-C, after deleting the keys it wrote";
 
 /// A failure chctl itself classified, with the line to show.
 #[derive(Debug)]
