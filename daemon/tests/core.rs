@@ -288,7 +288,7 @@ fn errors_from_chd_are_one_clear_line() {
         (&["node", "restart", "42"], "chctl: no node with id 42; see `chctl status`"),
     ] {
         let out = chd.ctl(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), expect, "{args:?}");
     }
 }
