@@ -182,25 +182,9 @@ impl Cluster {
     /// lock, so two nodes found damaged at once cannot both pass.
     pub fn claim_set_aside(&self, id: NodeId) -> Result<(), String> {
         let layout = self.layout();
-        let r = layout.ring.replicas() as usize;
         let w = self.write_quorum();
-        let limit = r.saturating_sub(w).min(w.saturating_sub(1));
         let mut nodes = self.nodes.write().expect("nodes lock");
-        let lost = |n: &NodeId| *n != id && nodes.get(n).is_some_and(|s| !s.intact);
-        for p in layout.partitions_of(id) {
-            let owners = layout.placement(p).write_targets();
-            let already: Vec<String> = owners.iter().filter(|n| lost(n)).map(|n| n.to_string()).collect();
-            if already.len() + 1 > limit {
-                return Err(if already.is_empty() {
-                    format!("with R={r} and W={w} chd sets aside no replica on its own")
-                } else {
-                    format!(
-                        "partition {p} already has node {} being rebuilt; setting node {id} aside too could lose acknowledged writes",
-                        already.join(", ")
-                    )
-                });
-            }
-        }
+        layout.may_set_aside(id, w, |n| nodes.get(&n).is_some_and(|s| !s.intact))?;
         if let Some(slot) = nodes.get_mut(&id) {
             slot.intact = false;
         }

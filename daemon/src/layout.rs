@@ -116,6 +116,35 @@ impl Layout {
         Ok(())
     }
 
+    /// Whether node `id`'s database may be set aside (moved to quarantine and rebuilt) when
+    /// the nodes for which `lost` holds have already lost theirs. Pure; the rule behind it: chd
+    /// never sets aside more than R-W replicas of a partition on its own, nor more than W-1 (so
+    /// that an intact replica of every acknowledged write remains). With R=3, W=2: one.
+    pub fn may_set_aside(&self, id: NodeId, w: usize, lost: impl Fn(NodeId) -> bool) -> Result<(), String> {
+        let r = self.ring.replicas() as usize;
+        let limit = r.saturating_sub(w).min(w.saturating_sub(1));
+        for p in self.partitions_of(id) {
+            let already: Vec<String> = self
+                .placement(p)
+                .write_targets()
+                .into_iter()
+                .filter(|&n| n != id && lost(n))
+                .map(|n| n.to_string())
+                .collect();
+            if already.len() + 1 > limit {
+                return Err(if already.is_empty() {
+                    format!("with R={r} and W={w} chd sets aside no replica on its own")
+                } else {
+                    format!(
+                        "partition {p} already has node {} being rebuilt; setting node {id} aside too could lose acknowledged writes",
+                        already.join(", ")
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn mark_done(&mut self, p: u32) {
         if let Some(t) = &mut self.transition {
             t.done.insert(p);
@@ -167,6 +196,24 @@ mod tests {
         assert!(l.finish().is_some());
         assert_eq!(l.ring, target);
         assert_eq!(l.transition, None);
+    }
+
+    #[test]
+    fn at_most_r_minus_w_replicas_of_a_partition_are_set_aside() {
+        // R=3 on 4 nodes: every pair of nodes shares partitions.
+        let l = Layout::stable(Ring::new(&[0, 1, 2, 3], 3, 64).unwrap());
+        assert_eq!(l.may_set_aside(0, 2, |_| false), Ok(()));
+        let e = l.may_set_aside(0, 2, |n| n == 2).unwrap_err();
+        assert!(e.contains("node 2 being rebuilt"), "{e}");
+        // The node's own state does not count against it.
+        assert_eq!(l.may_set_aside(0, 2, |n| n == 0), Ok(()));
+        // W=1 could leave an acknowledged write with no intact copy; W=R leaves no slack.
+        assert!(l.may_set_aside(0, 1, |_| false).is_err());
+        assert!(l.may_set_aside(0, 3, |_| false).is_err());
+        // R=5, W=3: two may be set aside at once, not three.
+        let l = Layout::stable(Ring::new(&[0, 1, 2, 3, 4, 5], 5, 64).unwrap());
+        assert_eq!(l.may_set_aside(0, 3, |n| n == 1), Ok(()));
+        assert!(l.may_set_aside(0, 3, |n| n == 1 || n == 2).is_err());
     }
 
     #[test]
