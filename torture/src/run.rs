@@ -173,9 +173,20 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         }
         Err(e) => reasons.push(format!("chd did not restart for the final reads: {e:#}")),
     }
+    // The tmpfs goes away with the cluster, and a failed run must keep its data to be looked
+    // at: copy it out first (deleted again below if the run passes).
+    let mut data_dir = cluster.data.clone();
+    if cluster.tmpfs.is_some() {
+        cluster.stop();
+        let kept = cfg.out.join("data");
+        let _ = std::fs::remove_dir_all(&kept);
+        match std::process::Command::new("cp").arg("-a").arg(&data_dir).arg(&kept).status() {
+            Ok(s) if s.success() => data_dir = kept,
+            other => eprintln!("chd-torture: could not copy the data dir out of the tmpfs: {other:?}"),
+        }
+    }
     cluster.shutdown();
     rec.flush();
-    let data_dir = cluster.data.clone();
     drop(cluster);
 
     let ops = history::read(std::io::BufReader::new(std::fs::File::open(cfg.out.join("history.jsonl"))?))?;
@@ -247,8 +258,7 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
         out: cfg.out.clone(),
     };
     std::fs::write(cfg.out.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
-    // sled keeps the blob files of overwritten large values, so the data dir of a long run
-    // holds gigabytes; only a failed run needs it.
+    // Only a failed run needs its data dir.
     if summary.verdict == "pass" && !cfg.keep_data {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
