@@ -163,9 +163,15 @@ impl Cluster {
 
     /// Waits until every node is up; false if that does not happen within `limit`.
     pub fn wait_all_up(&self, limit: Duration) -> bool {
+        self.wait_all_up_without(&[], limit)
+    }
+
+    /// Waits until every node is up and none is one of the `killed` worker processes (chd may
+    /// not have noticed a kill yet and still report the dead worker as up).
+    pub fn wait_all_up_without(&self, killed: &[u32], limit: Duration) -> bool {
         let start = Instant::now();
         loop {
-            if self.all_up() {
+            if self.all_up_without(killed) {
                 return true;
             }
             if start.elapsed() > limit {

@@ -196,12 +196,15 @@ pub struct Nemesis<'a> {
     pub broken: Option<String>,
     /// A membership change running in the background (chctl following it), and what it is.
     change: Option<(std::thread::JoinHandle<anyhow::Result<std::process::Output>>, String)>,
+    /// Worker pids killed by recent faults: a node still reported up with one of them has not
+    /// been noticed dead yet, so it does not count as up.
+    killed: Vec<u32>,
 }
 
 impl<'a> Nemesis<'a> {
     pub fn new(cluster: &'a mut Cluster, clock: Clock, out: &Path) -> anyhow::Result<Nemesis<'a>> {
         let log = BufWriter::new(File::create(out.join("faults.jsonl"))?);
-        Ok(Nemesis { cluster, clock, log, records: Vec::new(), broken: None, change: None })
+        Ok(Nemesis { cluster, clock, log, records: Vec::new(), broken: None, change: None, killed: Vec::new() })
     }
 
     /// Runs faults from `schedule` until `until` (run time, seconds).
@@ -228,6 +231,9 @@ impl<'a> Nemesis<'a> {
                 break;
             }
             let record = self.inject(&planned);
+            self.killed.extend(&record.killed);
+            let excess = self.killed.len().saturating_sub(256);
+            self.killed.drain(..excess);
             eprintln!(
                 "[{:7.2}] {:<18} {}{}",
                 record.start,
@@ -256,7 +262,9 @@ impl<'a> Nemesis<'a> {
     /// Carries out one fault.
     pub fn inject(&mut self, p: &Planned) -> FaultRecord {
         let nodes = self.cluster.nodes();
-        let all_up_before = nodes.as_ref().is_some_and(|n| n.iter().all(|n| n.state == NodeState::Up));
+        let all_up_before = nodes.as_ref().is_some_and(|n| {
+            n.iter().all(|n| n.state == NodeState::Up && n.pid.is_none_or(|p| !self.killed.contains(&p)))
+        });
         let mut kind = p.kind;
         if kind.membership() {
             kind = bounded_change(kind, nodes.as_ref().map_or(0, Vec::len), MIN_NODES, MAX_NODES);
@@ -278,7 +286,7 @@ impl<'a> Nemesis<'a> {
         }
         if (kind.destructive() || kind.membership()) && !all_up_before {
             // Never destroy a second replica, never change membership on a degraded cluster.
-            if !self.cluster.wait_all_up(Duration::from_secs(30)) {
+            if !self.cluster.wait_all_up_without(&self.killed, Duration::from_secs(30)) {
                 r.skipped = true;
                 r.detail = "skipped: not every node came up within 30 s".into();
                 r.end = self.clock.now();
