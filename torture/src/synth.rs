@@ -9,43 +9,7 @@
 
 use crate::history::{Kind, Op};
 
-/// A small deterministic PRNG (SplitMix64): tests must be reproducible from a seed and the
-/// crate needs no dependency for it.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-
-    /// Exponentially distributed with the given mean.
-    pub fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.unit()).ln()
-    }
-}
+pub use crate::rng::Rng;
 
 /// What to simulate. Times are in seconds.
 #[derive(Clone, Debug)]
@@ -137,7 +101,7 @@ pub fn generate(cfg: &Config) -> Vec<Op> {
         if stalled {
             latency += stall_end - start;
         }
-        let key = format!("k{}", rng.below(cfg.keys));
+        let key = format!("k{}", rng.index(cfg.keys));
         let roll = rng.unit();
         let (kind, value) = if roll < cfg.read_ratio {
             (Kind::Read, None)
@@ -145,7 +109,7 @@ pub fn generate(cfg: &Config) -> Vec<Op> {
             (Kind::Delete, None)
         } else {
             let v = match cfg.value_space {
-                Some(space) => format!("v{}", rng.below(space)),
+                Some(space) => format!("v{}", rng.index(space)),
                 None => format!("c{c}-{n}"),
             };
             (Kind::Write, Some(v))
@@ -166,7 +130,7 @@ pub fn generate(cfg: &Config) -> Vec<Op> {
             } else {
                 op.end = None;
             }
-            effect = match rng.below(3) {
+            effect = match rng.index(3) {
                 0 => None,
                 1 => Some(effect_at),
                 _ => Some(start + latency + rng.unit() * 2.0), // took effect long after the client gave up

@@ -242,19 +242,19 @@ fn brute_force(ops: &[Op]) -> bool {
 }
 
 fn random_small_history(rng: &mut Rng) -> Vec<Op> {
-    let n = 1 + rng.below(7);
+    let n = 1 + rng.index(7);
     (0..n)
         .map(|_| {
             // Integer times make equal instants frequent.
-            let start = rng.below(8) as f64;
-            let end = start + rng.below(4) as f64;
-            let kind = [Kind::Write, Kind::Write, Kind::Read, Kind::Read, Kind::Delete][rng.below(5)];
+            let start = rng.index(8) as f64;
+            let end = start + rng.index(4) as f64;
+            let kind = [Kind::Write, Kind::Write, Kind::Read, Kind::Read, Kind::Delete][rng.index(5)];
             let value = match kind {
-                Kind::Write => Some(["a", "b", "c"][rng.below(3)].to_string()),
-                Kind::Read => [None, Some("a"), Some("b"), Some("c")][rng.below(4)].map(str::to_string),
+                Kind::Write => Some(["a", "b", "c"][rng.index(3)].to_string()),
+                Kind::Read => [None, Some("a"), Some("b"), Some("c")][rng.index(4)].map(str::to_string),
                 Kind::Delete => None,
             };
-            let (end, ok) = match rng.below(6) {
+            let (end, ok) = match rng.index(6) {
                 0 => (None, true),
                 1 => (Some(end), false),
                 _ => (Some(end), true),
@@ -297,7 +297,7 @@ fn agrees_with_brute_force_when_values_are_unique() {
             o.value = Some(format!("v{n}"));
         }
         for o in ops.iter_mut().filter(|o| o.op == Kind::Read) {
-            o.value = [None, Some(format!("v{}", 1 + rng.below(n.max(1))))][rng.below(2)].clone();
+            o.value = [None, Some(format!("v{}", 1 + rng.index(n.max(1))))][rng.index(2)].clone();
         }
         assert_eq!(check(&ops).ok(), brute_force(&ops), "disagrees with brute force on {ops:#?}");
     }
@@ -308,7 +308,7 @@ fn agrees_with_brute_force_when_values_are_unique() {
 
 fn corrupt_one_read(ops: &mut [Op], rng: &mut Rng) -> Option<Op> {
     let reads: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].op == Kind::Read && ops[i].known()).collect();
-    let i = *reads.get(rng.below(reads.len().max(1)))?;
+    let i = *reads.get(rng.index(reads.len().max(1)))?;
     ops[i].value = Some("never-written".to_string());
     Some(ops[i].clone())
 }
@@ -349,7 +349,7 @@ fn simulated_histories_fail_when_a_read_sees_an_older_value() {
     for seed in 100..140 {
         let mut ops = synth::generate(&synth::Config::torture(seed, 1_500));
         let reads: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].op == Kind::Read && ops[i].known()).collect();
-        let i = reads[rng.below(reads.len())];
+        let i = reads[rng.index(reads.len())];
         let (key, start, seen) = (ops[i].key.clone(), ops[i].start, ops[i].value.clone());
         // An acknowledged write of another value to the same key, followed by an acknowledged
         // write of yet another value, both done before the read started.
