@@ -95,9 +95,7 @@ fn every_owner_restarting_together_heals() {
 /// given its identity yet) left every node `rebuilding` forever on the next start.
 #[test]
 fn a_kill_during_the_first_start_does_not_brick_the_data_dir() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut chd =
-        Chd { data: dir.path().join("data"), socket: dir.path().join("chd.sock"), dir, child: None, args: vec![] };
+    let mut chd = Chd::unstarted(&[]);
     // A debug build stops dead at this point when asked to (no sleep, no race).
     let status = exit_within(chd.command().env("CHD_TEST_CRASH_AT", "cluster-created"), Duration::from_secs(30));
     assert!(!status.success(), "the crash hook did not fire");

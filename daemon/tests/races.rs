@@ -11,14 +11,7 @@ use common::{chctl_path, wait_for, Chd};
 
 /// Starts chd that pauses at `point` (debug builds), with `args`; does not wait for it.
 fn start_pausing(args: &[&str], point: &str) -> (Chd, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut chd = Chd {
-        data: dir.path().join("data"),
-        socket: dir.path().join("chd.sock"),
-        dir,
-        child: None,
-        args: args.iter().map(|s| s.to_string()).collect(),
-    };
+    let mut chd = Chd::unstarted(args);
     let pause = chd.dir.path().join("pause");
     let log = std::fs::File::create(chd.dir.path().join("chd.log")).unwrap();
     let child = chd

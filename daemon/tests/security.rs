@@ -25,18 +25,6 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
-/// A chd not started yet: its temp dir, data dir and socket, as [`Chd::start`] would use.
-fn unstarted(args: &[&str]) -> Chd {
-    let dir = tempfile::tempdir().unwrap();
-    Chd {
-        data: dir.path().join("data"),
-        socket: dir.path().join("chd.sock"),
-        dir,
-        child: None,
-        args: args.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
 /// Starts `chd` with umask 000 (the worst a caller can give it), stopped at the debug pause
 /// `point` if one is given; returns the pause file to remove to let it go on.
 fn spawn(chd: &mut Chd, point: Option<&str>) -> PathBuf {
@@ -76,7 +64,7 @@ fn refused(chd: &mut Chd) -> String {
 /// Item 4: the socket used to be created with the umask's mode and chmod-ed afterwards.
 #[test]
 fn the_socket_never_exists_with_a_wider_mode_than_configured() {
-    let mut chd = unstarted(&[]);
+    let mut chd = Chd::unstarted(&[]);
     let pause = spawn(&mut chd, Some("socket-bound:chd.sock"));
     // The moment between bind and the old chmod: the socket exists, chd does not serve yet.
     assert_eq!(mode(&chd.socket), 0o600, "socket mode right after bind, umask 000");
@@ -88,7 +76,7 @@ fn the_socket_never_exists_with_a_wider_mode_than_configured() {
 /// Item 5: stale-socket removal unlinked whatever was at the path.
 #[test]
 fn only_a_dead_socket_is_removed_never_a_file_or_a_symlink() {
-    let mut chd = unstarted(&[]);
+    let mut chd = Chd::unstarted(&[]);
     std::fs::write(&chd.socket, "someone's file").unwrap();
     spawn(&mut chd, None);
     let log = refused(&mut chd);
@@ -118,7 +106,7 @@ fn only_a_dead_socket_is_removed_never_a_file_or_a_symlink() {
 #[test]
 fn the_socket_directory_is_private_even_when_someone_makes_it_first() {
     // Someone else makes the directory between chd's look and its mkdir, open to all.
-    let mut chd = unstarted(&[]);
+    let mut chd = Chd::unstarted(&[]);
     chd.socket = chd.dir.path().join("run").join("chd.sock");
     let pause = spawn(&mut chd, Some("socket-dir:chd.sock"));
     let dir = chd.dir.path().join("run");
@@ -254,7 +242,7 @@ fn the_allowed_group_counts_by_the_peer_s_uid_not_by_its_pid() {
 /// Item 10: the data dir followed the caller's umask.
 #[test]
 fn the_data_dir_is_private_whatever_the_umask() {
-    let mut chd = unstarted(&[]);
+    let mut chd = Chd::unstarted(&[]);
     spawn(&mut chd, None);
     chd.wait_all_up(Duration::from_secs(60));
     assert_eq!(mode(&chd.data), 0o700);
@@ -269,7 +257,7 @@ fn the_data_dir_is_private_whatever_the_umask() {
 
     // With an allowed group: group members may read it (backups), nobody else.
     let own_group = nix_group_name();
-    let mut chd = unstarted(&["--allowed-group", &own_group]);
+    let mut chd = Chd::unstarted(&["--allowed-group", &own_group]);
     spawn(&mut chd, None);
     chd.wait_all_up(Duration::from_secs(60));
     assert_eq!(mode(&chd.data), 0o750);

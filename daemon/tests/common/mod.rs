@@ -39,16 +39,21 @@ pub struct Chd {
 
 impl Chd {
     pub fn start(args: &[&str]) -> Chd {
+        let mut chd = Chd::unstarted(args);
+        chd.restart();
+        chd
+    }
+
+    /// A chd not started yet: its temp dir, data dir and socket, as [`Chd::start`] uses them.
+    pub fn unstarted(args: &[&str]) -> Chd {
         let dir = tempfile::tempdir().unwrap();
-        let mut chd = Chd {
+        Chd {
             data: dir.path().join("data"),
             socket: dir.path().join("chd.sock"),
             dir,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        chd.restart();
-        chd
+        }
     }
 
     pub fn command(&self) -> Command {
