@@ -148,7 +148,7 @@ impl Coordinator {
         }
         let mut calls = JoinSet::new();
         // Encoded once and shared by every replica's link.
-        let req = link::encode(&WorkerRequest::Put { key: key.to_vec(), record: record.clone() });
+        let req = link::encode_put(key, record);
         let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
