@@ -25,6 +25,7 @@ use chd_data::{Error, NodeId, Record};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinSet;
 
+use crate::cache::ValueCache;
 use crate::cluster::{Cluster, Replica};
 use crate::layout::Placement;
 use crate::versions::Versions;
@@ -69,6 +70,11 @@ impl KeyLocks {
         guards
     }
 
+    /// The key's lock if it is free right now (for answers that need no waiting).
+    pub fn try_lock(&self, key: &[u8]) -> Option<OwnedMutexGuard<()>> {
+        self.stripes[self.stripe(key)].clone().try_lock_owned().ok()
+    }
+
     fn stripe(&self, key: &[u8]) -> usize {
         self.hasher.hash_one(key) as usize % LOCK_STRIPES
     }
@@ -78,19 +84,35 @@ pub struct Coordinator {
     pub cluster: Arc<Cluster>,
     pub versions: Versions,
     pub locks: KeyLocks,
+    /// Current values of recently used keys (see [`crate::cache`] for why reads may trust it).
+    pub cache: ValueCache,
 }
 
 impl Coordinator {
     /// Stores `value` (or a tombstone for `None`). Caller holds the key's lock.
     pub async fn write(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), Error> {
+        // Forgotten before anything is sent: if this write fails half-way, its outcome is
+        // unknown and only the replicas can tell what is current.
+        self.cache.remove(key);
         let version = self.versions.next().await.map_err(|e| Error::Internal(format!("{e:#}")))?;
         let record = Record { version, value };
         let placement = self.cluster.placement_of(key);
-        self.make_durable(&placement, key, &record, &[]).await
+        self.make_durable(&placement, key, &record, &[]).await?;
+        self.cache.put(key, record.value.map(Into::into));
+        Ok(())
+    }
+
+    /// The current value of `key` if chd has it in memory: no I/O, no waiting. Caller holds
+    /// the key's lock.
+    pub fn cached(&self, key: &[u8]) -> Option<crate::cache::Value> {
+        self.cache.get(key)
     }
 
     /// The latest acknowledged value of `key`. Caller holds the key's lock.
     pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(value) = self.cache.get(key) {
+            return Ok(value.map(|v| v.to_vec()));
+        }
         let placement = self.cluster.placement_of(key);
         let replicas = self.cluster.replicas(&placement.read);
         let w = self.cluster.write_quorum();
@@ -120,12 +142,16 @@ impl Coordinator {
         }
         let version_of = |r: &Option<Record>| r.as_ref().map_or(0, |r| r.version);
         let newest = answers.iter().map(|(_, r)| r).max_by_key(|r| version_of(r)).cloned().flatten();
-        let Some(newest) = newest else { return Ok(None) };
+        let Some(newest) = newest else {
+            self.cache.put(key, None);
+            return Ok(None);
+        };
         let holders: Vec<NodeId> =
             answers.iter().filter(|(_, r)| version_of(r) == newest.version).map(|(id, _)| *id).collect();
         // Read repair: the newest version must be durable on W nodes of every write set before
         // anyone sees it, or a later read could miss it.
         self.make_durable(&placement, key, &newest, &holders).await?;
+        self.cache.put(key, newest.value.as_deref().map(Into::into));
         Ok(newest.value)
     }
 

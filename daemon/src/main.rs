@@ -1,6 +1,7 @@
 //! chd: the daemon. `chd [flags]` serves; `chd check-config` validates the settings; `chd
 //! worker` is how chd runs its own worker processes.
 
+mod cache;
 mod cluster;
 mod config;
 mod coordinator;

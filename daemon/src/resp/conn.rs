@@ -186,6 +186,22 @@ async fn serve<R, W>(
                     }
                     continue;
                 }
+                // A GET of a key whose value chd holds in memory is answered here, without a
+                // task: the key's lock must be free (no earlier request of any connection is
+                // still changing it), and is held while the cache is read.
+                if spec.name == "get" {
+                    if let Some(value) = server
+                        .coordinator
+                        .locks
+                        .try_lock(&args[1])
+                        .and_then(|_guard| server.coordinator.cached(&args[1]))
+                    {
+                        if tx.send(ready(Reply::opt(value.map(|v| v.to_vec())), false, permits)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
                 let guards = server.coordinator.locks.lock_many(&keys).await;
                 let (done, running) = oneshot::channel();
                 let server = server.clone();

@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::cache::ValueCache;
 use crate::cluster::{Cluster, Registry};
 use crate::config::Settings;
 use crate::coordinator::{Coordinator, KeyLocks};
@@ -36,6 +37,8 @@ pub struct Server {
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// Clients served at once; more are refused (closed) rather than queued without bound.
 const MAX_CONNECTIONS: usize = 1024;
+/// Memory for the cache of current values ([`crate::cache`]).
+const READ_CACHE_BYTES: usize = 64 << 20;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,7 +137,12 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     let versions = Versions::open(cluster.data.versions_path(), floor)?;
     let server = Arc::new(Server {
         cluster: cluster.clone(),
-        coordinator: Coordinator { cluster: cluster.clone(), versions, locks: KeyLocks::default() },
+        coordinator: Coordinator {
+            cluster: cluster.clone(),
+            versions,
+            locks: KeyLocks::default(),
+            cache: ValueCache::new(READ_CACHE_BYTES),
+        },
         spawner,
     });
     // A change interrupted by a crash goes on; leftovers of a completed one are dropped.

@@ -1,0 +1,209 @@
+//! chd's cache of the current value of recently used keys, so that a read of a hot key is
+//! answered from memory instead of a quorum of workers.
+//!
+//! Why it is linearizable: chd is the only coordinator and every get, set and del of a key
+//! holds the key's lock from start to reply ([`crate::coordinator`]). An entry is therefore
+//! only ever put in by the holder of the key's lock, with the value that operation established
+//! as current:
+//! - a write puts its value in once W replicas acknowledged it;
+//! - a quorum read puts in what it returns, after read repair made it durable on W replicas;
+//! - a write whose outcome is unknown or refused (timeout, too few acks, disk full) removes the
+//!   entry *before* it sends anything, and puts nothing back. The next read then goes to the
+//!   replicas, and whatever it sees is repaired and becomes the current value.
+//!
+//! Nothing else changes which value is current: repair, rebuild and migration only copy
+//! versions that already exist. A value that a failed write left on one replica, and that a
+//! later repair spreads, may become visible once the entry is evicted; that is allowed, since
+//! a write with an unknown outcome may take effect at any time after it was sent. The cache
+//! lives in chd's memory, so a restart of chd empties it.
+//!
+//! Memory is bounded by bytes (keys plus values plus a fixed overhead per entry). Eviction is
+//! CLOCK (second chance): cheap to keep up on every hit, close to LRU for hot keys.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Bytes an entry costs beyond its key and value (map slot, queue slot, Arcs).
+const OVERHEAD: usize = 96;
+
+/// The current value of a key: `None` when the key does not exist (a miss is worth caching
+/// too: reads of absent keys are common).
+pub type Value = Option<Arc<[u8]>>;
+
+pub struct ValueCache {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Arc<[u8]>, Entry>,
+    /// Keys in the order they were put in; may hold keys since removed or replaced (skipped
+    /// when met), and is compacted when it grows well past the map.
+    clock: VecDeque<Arc<[u8]>>,
+    bytes: usize,
+}
+
+struct Entry {
+    value: Value,
+    /// Read since the clock hand last passed it.
+    referenced: bool,
+}
+
+fn cost(key: &[u8], value: &Value) -> usize {
+    key.len() + value.as_ref().map_or(0, |v| v.len()) + OVERHEAD
+}
+
+impl ValueCache {
+    /// A cache of at most `max_bytes`; 0 turns it off.
+    pub fn new(max_bytes: usize) -> ValueCache {
+        ValueCache { inner: Mutex::default(), max_bytes }
+    }
+
+    /// The cached current value of `key`, if the key is cached. The caller holds the key's lock.
+    pub fn get(&self, key: &[u8]) -> Option<Value> {
+        if self.max_bytes == 0 {
+            return None;
+        }
+        let mut inner = self.inner.lock().expect("cache lock");
+        let e = inner.map.get_mut(key)?;
+        e.referenced = true;
+        Some(e.value.clone())
+    }
+
+    /// Records `value` as the current value of `key`. The caller holds the key's lock and has
+    /// just made `value` current (see the module docs). Values too large to be worth the room
+    /// are not kept, and any older entry goes.
+    pub fn put(&self, key: &[u8], value: Value) {
+        let size = cost(key, &value);
+        let mut inner = self.inner.lock().expect("cache lock");
+        if size > self.max_bytes / 16 {
+            inner.remove(key);
+            return;
+        }
+        inner.remove(key);
+        let key: Arc<[u8]> = key.into();
+        inner.map.insert(key.clone(), Entry { value, referenced: false });
+        inner.clock.push_back(key);
+        inner.bytes += size;
+        while inner.bytes > self.max_bytes {
+            if !inner.evict_one() {
+                break;
+            }
+        }
+        if inner.clock.len() > 2 * inner.map.len() + 1024 {
+            inner.compact();
+        }
+    }
+
+    /// Forgets `key`: its current value is about to change in a way chd may not learn.
+    pub fn remove(&self, key: &[u8]) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        self.inner.lock().expect("cache lock").remove(key);
+    }
+
+    /// Bytes the entries take.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().expect("cache lock").bytes
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((k, e)) = self.map.remove_entry(key) {
+            self.bytes -= cost(&k, &e.value);
+        }
+    }
+
+    /// Moves the clock hand until one entry is evicted. False when the cache is empty.
+    fn evict_one(&mut self) -> bool {
+        while let Some(key) = self.clock.pop_front() {
+            // A slot is live only if the map holds this very key allocation: a key removed, or
+            // put in again since (its newer slot is further back), left a stale slot.
+            let Some((mk, e)) = self.map.get_key_value(&key) else { continue };
+            if !Arc::ptr_eq(mk, &key) {
+                continue;
+            }
+            if e.referenced {
+                self.map.get_mut(&key).expect("present").referenced = false;
+                self.clock.push_back(key);
+                continue;
+            }
+            self.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// Drops the queue slots of keys no longer cached (or cached by a later put).
+    fn compact(&mut self) {
+        let map = &self.map;
+        self.clock.retain(|k| map.get_key_value(k).is_some_and(|(mk, _)| Arc::ptr_eq(mk, k)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Value {
+        Some(s.as_bytes().into())
+    }
+
+    #[test]
+    fn a_put_value_is_returned_until_removed_or_replaced() {
+        let c = ValueCache::new(1 << 20);
+        assert_eq!(c.get(b"k"), None, "nothing is cached at first");
+        c.put(b"k", v("1"));
+        assert_eq!(c.get(b"k"), Some(v("1")));
+        c.put(b"k", v("2"));
+        assert_eq!(c.get(b"k"), Some(v("2")));
+        c.put(b"k", None);
+        assert_eq!(c.get(b"k"), Some(None), "an absent key is cached as absent");
+        c.remove(b"k");
+        assert_eq!(c.get(b"k"), None);
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn memory_stays_under_the_limit_and_hot_keys_stay() {
+        let c = ValueCache::new(64 << 10);
+        c.put(b"hot", v("h"));
+        for i in 0..10_000u32 {
+            c.put(&i.to_be_bytes(), Some(vec![0u8; 100].into()));
+            assert!(c.bytes() <= 64 << 10, "over the limit: {}", c.bytes());
+            assert_eq!(c.get(b"hot"), Some(v("h")), "the hot key was evicted after {i} puts");
+        }
+        let inner = c.inner.lock().unwrap();
+        assert!(inner.clock.len() <= 2 * inner.map.len() + 1024, "the queue grows without bound");
+    }
+
+    #[test]
+    fn re_putting_one_key_does_not_grow_the_queue_or_evict_it() {
+        let c = ValueCache::new(64 << 10);
+        for i in 0..100_000u32 {
+            c.put(b"k", Some(i.to_be_bytes().to_vec().into()));
+        }
+        assert_eq!(c.get(b"k"), Some(Some(99_999u32.to_be_bytes().to_vec().into())));
+        assert!(c.inner.lock().unwrap().clock.len() <= 1025);
+    }
+
+    #[test]
+    fn a_large_value_is_not_kept_and_drops_the_older_entry() {
+        let c = ValueCache::new(1 << 20);
+        c.put(b"k", v("small"));
+        c.put(b"k", Some(vec![0u8; 1 << 17].into()));
+        assert_eq!(c.get(b"k"), None, "a stale small value would be returned");
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn a_zero_sized_cache_keeps_nothing() {
+        let c = ValueCache::new(0);
+        c.put(b"k", v("1"));
+        assert_eq!(c.get(b"k"), None);
+    }
+}
