@@ -9,6 +9,7 @@
 #[cfg(test)]
 pub mod memory;
 pub mod sled;
+pub mod wal;
 
 use std::io;
 

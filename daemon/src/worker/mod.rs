@@ -42,6 +42,7 @@ use chd_data::proto::{decode_body, encode_frame, read_frame};
 use chd_data::NodeId;
 
 use crate::storage::sled::SledEngine;
+use crate::storage::wal::Wal;
 use crate::storage::Engine;
 use disk::FreeSpace;
 use node::Node;
@@ -194,18 +195,20 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Opens sled, waiting a little if the previous worker of this node is still releasing its
-/// directory lock.
-fn open_engine(dir: &std::path::Path) -> io::Result<SledEngine> {
+/// directory lock, and the write-ahead log in front of it (which replays what the last
+/// worker logged since its last checkpoint).
+fn open_engine(dir: &std::path::Path) -> io::Result<Wal<SledEngine>> {
     std::fs::create_dir_all(dir)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let sled = loop {
         match SledEngine::open(dir) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            other => return other,
+            other => break other?,
         }
-    }
+    };
+    Wal::open(sled, dir)
 }
 
 /// The apply loop's progress, read by the reader thread to answer pings.
