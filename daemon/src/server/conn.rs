@@ -134,7 +134,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             break;
         }
         if let Err(e) = request.validate() {
-            debug!(uid = peer.uid, pid = %pid_text(&peer), request = request.name(), error = %e, "request refused; closing the connection");
+            debug!(uid = peer.uid, pid = %pid_text(&peer), request = %request.name(), error = %e, "request refused; closing the connection");
             reply_and_close(id, e).await;
             break;
         }
@@ -152,8 +152,8 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             let response = handlers::handle(&server, request).await;
             drop(guard);
             match &response {
-                Ok(_) => debug!(request = name, micros = started.elapsed().as_micros() as u64, "request done"),
-                Err(e) => debug!(request = name, micros = started.elapsed().as_micros() as u64, error = %e, "request failed"),
+                Ok(_) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, "request done"),
+                Err(e) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, error = %e, "request failed"),
             }
             let _ = replies.send(ServerFrame { id, response }).await;
             drop((permit, bytes_permit));
