@@ -124,12 +124,12 @@ pub fn run(socket: &Path, args: BenchArgs, json: bool) -> anyhow::Result<()> {
     });
     if !json {
         outln!(
-        "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
-        status.version,
-        status.nodes.len(),
-        status.replicas,
-        status.write_quorum,
-        args.clients,
+            "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
+            status.version,
+            status.nodes.len(),
+            status.replicas,
+            status.write_quorum,
+            args.clients,
             args.value_size,
             args.seconds
         )?;

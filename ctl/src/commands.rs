@@ -5,9 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use chd_data::proto::{
-    Change, NodeState, PlanReport, Request, Response, RingReport, StatusReport, MAX_KEY, MAX_VALUE,
-};
+use chd_data::proto::{Change, NodeState, PlanReport, Request, Response, RingReport, StatusReport, MAX_KEY, MAX_VALUE};
 
 use crate::exit;
 use crate::{Command, NodeCommand, PlanKind};
@@ -33,8 +31,9 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
             let value = match (value_file, value) {
                 (Some(path), _) if path.as_os_str() == "-" => read_value(std::io::stdin().lock(), "stdin")?,
                 (Some(path), _) => {
-                    let f = std::fs::File::open(&path)
-                        .map_err(|e| exit::fail(exit::OTHER, format!("cannot open {}: {}", path.display(), io_text(&e))))?;
+                    let f = std::fs::File::open(&path).map_err(|e| {
+                        exit::fail(exit::OTHER, format!("cannot open {}: {}", path.display(), io_text(&e)))
+                    })?;
                     read_value(f, &path.display().to_string())?
                 }
                 (None, Some(v)) if v == "-" => read_value(std::io::stdin().lock(), "stdin")?,
@@ -209,7 +208,10 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
             if !r.unreachable_nodes.is_empty() {
                 return Err(exit::fail(
                     exit::UNAVAILABLE,
-                    format!("repair incomplete: nodes {} were not up; run it again once they are", id_list(&r.unreachable_nodes)),
+                    format!(
+                        "repair incomplete: nodes {} were not up; run it again once they are",
+                        id_list(&r.unreachable_nodes)
+                    ),
                 ));
             }
         }
@@ -311,7 +313,9 @@ fn plan_change(kind: PlanKind, id: Option<u32>, count: Option<u32>) -> anyhow::R
             (n, c) => Ok(Change::Add { count: c.or(n).unwrap_or(1) }),
         },
         PlanKind::Remove | PlanKind::Replace if count.is_some() => Err(usage("--count goes with --plan add")),
-        PlanKind::Remove => Ok(Change::Remove { id: id.ok_or_else(|| usage("--plan remove needs a node id: --plan remove ID"))? }),
+        PlanKind::Remove => {
+            Ok(Change::Remove { id: id.ok_or_else(|| usage("--plan remove needs a node id: --plan remove ID"))? })
+        }
         PlanKind::Replace => {
             Ok(Change::Replace { id: id.ok_or_else(|| usage("--plan replace needs a node id: --plan replace ID"))? })
         }
@@ -540,8 +544,14 @@ mod tests {
     #[test]
     fn json_fields_carry_any_bytes() {
         assert_eq!(serde_json::Value::Object(bytes_field("key", b"a b", false)), serde_json::json!({"key": "a b"}));
-        assert_eq!(serde_json::Value::Object(bytes_field("key", b"a b", true)), serde_json::json!({"key_hex": "612062"}));
-        assert_eq!(serde_json::Value::Object(bytes_field("value", &[0xff, 0], false)), serde_json::json!({"value_hex": "ff00"}));
+        assert_eq!(
+            serde_json::Value::Object(bytes_field("key", b"a b", true)),
+            serde_json::json!({"key_hex": "612062"})
+        );
+        assert_eq!(
+            serde_json::Value::Object(bytes_field("value", &[0xff, 0], false)),
+            serde_json::json!({"value_hex": "ff00"})
+        );
     }
 
     #[test]

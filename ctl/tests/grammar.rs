@@ -91,7 +91,8 @@ fn ring_plan_takes_count_like_node_add_and_its_tables_say_what_they_show() {
 /// Defect 9: KEY, VALUE, ID and --count had no help.
 #[test]
 fn every_argument_has_help() {
-    for cmd in [&["set"][..], &["get"], &["del"], &["exists"], &["keys"], &["ring"], &["node", "add"], &["node", "remove"]]
+    for cmd in
+        [&["set"][..], &["get"], &["del"], &["exists"], &["keys"], &["ring"], &["node", "add"], &["node", "remove"]]
     {
         let out = Command::new(common::CHCTL).args(cmd).arg("-h").output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);

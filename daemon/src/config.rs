@@ -109,7 +109,10 @@ fn check_log_level(level: &str) -> anyhow::Result<()> {
     if LOG_LEVELS.contains(&level) {
         Ok(())
     } else {
-        bail!("log_level: {level:?} is not a level; use one of {} (RUST_LOG takes a full filter)", LOG_LEVELS.join(", "))
+        bail!(
+            "log_level: {level:?} is not a level; use one of {} (RUST_LOG takes a full filter)",
+            LOG_LEVELS.join(", ")
+        )
     }
 }
 

@@ -32,10 +32,8 @@ pub fn init(level: &str, format: LogFormat) -> Option<SetLogLevel> {
     let pinned = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let colour = use_colour(
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
+    let colour =
+        use_colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR").as_deref());
     // Under systemd the journal adds its own timestamps.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let base = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);

@@ -55,8 +55,14 @@ fn check_config_refuses_exactly_what_chd_refuses_on_an_existing_data_dir() {
     }
     let file = chd.dir.path().join("chd.toml");
     std::fs::write(&file, "log_level = \"verbose\"\n").unwrap();
-    let out =
-        Command::new(CHD).arg("check-config").arg("--config").arg(&file).arg("--data-dir").arg(&chd.data).output().unwrap();
+    let out = Command::new(CHD)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&chd.data)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("log_level: \"verbose\" is not a level"), "{}", text(&out.stderr));
 }

@@ -64,7 +64,11 @@ pub fn serve_unix(server: Arc<Server>, listener: UnixListener, stop: watch::Rece
                 Ok((stream, _)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         if let Some(n) = too_many.check(std::time::Instant::now()) {
-                            warn!(limit = MAX_CONNECTIONS, "too many RESP connections; refusing one{}", crate::logging::suppressed(n));
+                            warn!(
+                                limit = MAX_CONNECTIONS,
+                                "too many RESP connections; refusing one{}",
+                                crate::logging::suppressed(n)
+                            );
                         }
                         continue;
                     };
@@ -98,7 +102,11 @@ pub fn serve_tcp(server: Arc<Server>, listener: TcpListener, stop: watch::Receiv
                 Ok((stream, addr)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         if let Some(n) = too_many.check(std::time::Instant::now()) {
-                            warn!(limit = MAX_CONNECTIONS, "too many RESP connections; refusing one{}", crate::logging::suppressed(n));
+                            warn!(
+                                limit = MAX_CONNECTIONS,
+                                "too many RESP connections; refusing one{}",
+                                crate::logging::suppressed(n)
+                            );
                         }
                         continue;
                     };

@@ -153,7 +153,9 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             drop(guard);
             match &response {
                 Ok(_) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, "request done"),
-                Err(e) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, error = %e, "request failed"),
+                Err(e) => {
+                    debug!(request = %name, micros = started.elapsed().as_micros() as u64, error = %e, "request failed")
+                }
             }
             let _ = replies.send(ServerFrame { id, response }).await;
             drop((permit, bytes_permit));

@@ -136,7 +136,8 @@ fn rebuild_allowed(id: NodeId, states: &[(NodeId, NodeState)]) -> Result<(), Str
     let failed: Vec<NodeId> = others.iter().filter(|(_, s)| *s == NodeState::Failed).map(|(n, _)| *n).collect();
     if let Some(&f) = failed.first() {
         let which = failed.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-        let is = if failed.len() == 1 { format!("node {which} is failed") } else { format!("nodes {which} are failed") };
+        let is =
+            if failed.len() == 1 { format!("node {which} is failed") } else { format!("nodes {which} are failed") };
         return Err(format!(
             "cannot rebuild node {id}: {is}, and a failed node stays so until told: bring it back with `chctl node restart {f}` (or `chctl node rebuild {f}` if its data is lost), or take it out with `chctl node replace {f}` or `chctl node remove {f}`; then rebuild node {id}"
         ));
