@@ -521,4 +521,31 @@ mod tests {
             assert!(e.contains(key), "{e}");
         }
     }
+
+    #[test]
+    fn an_existing_data_dir_fixes_r_w_and_the_node_count() {
+        let fixed = Fixed { replicas: 3, write_quorum: Some(2), nodes: 4, nodes_after_change: Some(5) };
+        let settle = |f: fn(&mut ConfigArgs)| {
+            let mut s = Settings::resolve(&args(f)).unwrap();
+            s.settle(&fixed).map(|()| (s.nodes, s.replicas, s.write_quorum)).map_err(|e| e.to_string())
+        };
+        assert_eq!(settle(|_| {}), Ok((4, 3, 2)));
+        assert_eq!(settle(|a| a.write_quorum = Some(1)), Ok((4, 3, 1)), "lowering W is allowed");
+        assert_eq!(settle(|a| a.nodes = Some(5)), Ok((4, 3, 2)), "the count after the change in progress");
+        assert!(settle(|a| a.replicas = Some(2)).unwrap_err().starts_with("replicas: "));
+        assert!(settle(|a| a.write_quorum = Some(3)).unwrap_err().contains("raising it is not supported"));
+        let e = settle(|a| a.nodes = Some(7)).unwrap_err();
+        assert!(e.starts_with("nodes: ") && e.contains("chctl node add --count N"), "{e}");
+    }
+
+    #[test]
+    fn log_level_is_a_level_not_any_word() {
+        for ok in LOG_LEVELS {
+            assert!(Settings::resolve(&args(|a| a.log_level = Some(ok.into()))).is_ok());
+        }
+        let e = Settings::resolve(&args(|a| a.log_level = Some("verbose".into()))).unwrap_err().to_string();
+        assert!(e.starts_with("log_level: \"verbose\" is not a level"), "{e}");
+        let e = Settings::resolve(&args(|a| a.log_format = Some("xml".into()))).unwrap_err().to_string();
+        assert!(e.starts_with("log_format"), "{e}");
+    }
 }
