@@ -83,11 +83,17 @@ struct Phase {
 }
 
 impl Phase {
-    fn report(&mut self, name: &str) -> anyhow::Result<f64> {
+    fn report(&mut self, name: &str, json: &mut Option<serde_json::Value>) -> anyhow::Result<f64> {
         self.lat.sort_unstable();
         let pct = |q: f64| self.lat.get(((self.lat.len() as f64 * q) as usize).min(self.lat.len().saturating_sub(1)));
         let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
         let rate = self.ops as f64 / self.secs;
+        if let Some(j) = json {
+            j[name] = serde_json::json!({
+                "ops_per_s": rate, "p50_us": us(pct(0.5)), "p99_us": us(pct(0.99)), "ops": self.ops,
+            });
+            return Ok(rate);
+        }
         outln!(
             "{name:<18} {rate:>10.0} ops/s   p50 {:>7.0} us   p99 {:>7.0} us   ({} ops)",
             us(pct(0.5)),
@@ -98,7 +104,8 @@ impl Phase {
     }
 }
 
-pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark; with `json`, prints one object at the end instead of lines as it goes.
+pub fn run(socket: &Path, args: BenchArgs, json: bool) -> anyhow::Result<()> {
     check(&args).map_err(|why| exit::fail(exit::USAGE, why))?;
     let mut c = crate::commands::connect(socket)?;
     let Response::Status(status) = c.call(Request::Status)? else { bail!("unexpected answer") };
@@ -108,26 +115,41 @@ pub fn run(socket: &Path, args: BenchArgs) -> anyhow::Result<()> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let prefix = format!("chctl-bench:{}:", std::process::id());
     let dur = Duration::from_secs_f64(args.seconds);
-    outln!(
-        "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
-        status.version,
-        status.nodes.len(),
-        status.replicas,
-        status.write_quorum,
-        args.clients,
-        args.value_size,
-        args.seconds
-    )?;
+    let mut report = json.then(|| {
+        serde_json::json!({
+            "version": status.version, "nodes": status.nodes.len(), "replicas": status.replicas,
+            "write_quorum": status.write_quorum, "clients": args.clients, "value_size": args.value_size,
+            "seconds": args.seconds,
+        })
+    });
+    if !json {
+        outln!(
+            "chd {} with {} nodes, R={} W={}; {} client(s), {}-byte values, {:.1}s per phase",
+            status.version,
+            status.nodes.len(),
+            status.replicas,
+            status.write_quorum,
+            args.clients,
+            args.value_size,
+            args.seconds
+        )?;
+    }
     let fsync = fdatasync_rate(Path::new(&status.data_dir), dur.min(Duration::from_secs(3)))?;
-    outln!("{:<18} {fsync:>10.0} ops/s   (4 KiB overwrite + fdatasync, same disk)", "raw fdatasync")?;
+    match &mut report {
+        Some(r) => r["fdatasync_per_s"] = fsync.into(),
+        None => outln!("{:<18} {fsync:>10.0} ops/s   (4 KiB overwrite + fdatasync, same disk)", "raw fdatasync")?,
+    }
     // How many distinct keys each client wrote: what the clean-up deletes, whatever happens.
     let mut written = vec![0u64; args.clients];
-    let measured = measure(socket, &args, &prefix, dur, fsync, &mut written);
+    let measured = measure(socket, &args, &prefix, dur, fsync, &mut written, &mut report);
     let cleaned = clean_up(socket, &prefix, &written);
     measured?;
     let deleted = cleaned?;
     if interrupted() {
         return Err(exit::fail(130, format!("interrupted; deleted the {deleted} keys bench wrote")));
+    }
+    if let Some(r) = report {
+        outln!("{r}")?;
     }
     Ok(())
 }
@@ -139,12 +161,16 @@ fn measure(
     dur: Duration,
     fsync: f64,
     written: &mut [u64],
+    json: &mut Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let mut writes = phase(socket, args, prefix, dur, true, written)?;
-    let wrate = writes.report("durable set")?;
-    outln!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync)?;
+    let wrate = writes.report("durable set", json)?;
+    match json {
+        Some(j) => j["set_per_fdatasync"] = (wrate / fsync).into(),
+        None => outln!("{:<18} {:>10.2}x raw fdatasync", "set / fdatasync", wrate / fsync)?,
+    }
     if !args.writes_only && !interrupted() {
-        phase(socket, args, prefix, dur, false, written)?.report("get")?;
+        phase(socket, args, prefix, dur, false, written)?.report("get", json)?;
     }
     Ok(())
 }

@@ -25,75 +25,136 @@ struct Cli {
     /// socket before it sends anything [default: the user `chd`, if it exists].
     #[arg(long, global = true, value_name = "USER", env = "CHD_SERVER_USER")]
     server_user: Option<String>,
+    /// Print one JSON object instead of text (`keys`: one JSON object per line). Keys and
+    /// values that are not UTF-8 come as `key_hex`/`value_hex`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
+/// A key as given on the command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KeyArgs {
+    /// The key: any bytes but empty, at most 64 KiB (as hex digits with --hex).
+    pub key: String,
+    /// KEY (and VALUE, and what get prints) as hex digits, for binary data: `--hex 00ff`.
+    #[arg(long)]
+    pub hex: bool,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
-    /// Store VALUE under KEY ("-" reads the value from stdin, binary-safe).
-    Set { key: String, value: String },
-    /// Print the value of KEY, byte for byte; exit 1 if there is none.
-    Get { key: String },
-    /// Delete KEY.
-    Del { key: String },
+    /// Store a value under KEY, durably (on W replicas before it returns).
+    Set {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The value, at most 32 MiB ("-" reads it from stdin, binary-safe; hex digits with
+        /// --hex).
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from PATH, byte for byte ("-": stdin), instead of VALUE.
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
+    },
+    /// Print the value of KEY, byte for byte to a pipe or file (a newline is added only on a
+    /// terminal; hex digits and a newline with --hex); exit 1 if there is none.
+    Get {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Delete KEY (a versioned tombstone: an older value never comes back).
+    Del {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
     /// List live keys, one per line, newest version across replicas (streamed, never the whole
     /// key space at once).
     Keys {
-        /// Only keys starting with P.
+        /// Only keys starting with P (hex digits with --hex).
         #[arg(long, value_name = "P", default_value = "")]
         prefix: String,
         /// Stop after N keys.
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
+        /// Print keys (and take --prefix) as hex digits, for binary keys.
+        #[arg(long)]
+        hex: bool,
     },
     /// Exit 0 if KEY exists, 1 if not.
-    Exists { key: String },
-    /// Show chd and its nodes.
+    Exists {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Show chd and its nodes; exit 5 if a node is failed (it needs `chctl node restart`,
+    /// `rebuild` or `replace`).
     Status {
-        /// One JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
         /// Health check: print one line and exit 0 only if every node is up, else 5 (3 if chd
         /// cannot be reached), like pg_isready.
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long)]
         check: bool,
     },
-    /// Show each node's share of the key space, or with --plan what a change would move.
+    /// Show each node's share of the keys, or with --plan what a change would move.
     Ring {
-        #[arg(long)]
-        json: bool,
-        /// Dry run of a change: `add [COUNT]`, `remove ID` or `replace ID`.
-        #[arg(long, num_args = 1..=2, value_names = ["CHANGE", "ARG"])]
-        plan: Option<Vec<String>>,
+        /// Dry run of a change: `--plan add [--count N]`, `--plan remove ID`, `--plan replace ID`.
+        #[arg(long, value_name = "CHANGE")]
+        plan: Option<PlanKind>,
+        /// The node to remove or replace, with --plan remove|replace.
+        #[arg(value_name = "ID")]
+        id: Option<u32>,
+        /// How many nodes to add, with --plan add [default: 1].
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
     },
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Compare every replica set and copy what differs; report what was found and fixed.
-    Repair {
-        #[arg(long)]
-        json: bool,
-    },
+    /// Compare every replica set and copy what differs; report what was found and fixed. Exits
+    /// 5 if a node is failed or was not reachable (its replicas were not checked).
+    Repair,
     /// Measure durable writes per second, beside the disk's raw fdatasync rate.
     Bench(bench::BenchArgs),
+}
+
+/// The changes `ring --plan` can show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanKind {
+    /// Add nodes (--count N).
+    Add,
+    /// Remove node ID.
+    Remove,
+    /// Replace node ID with a new node.
+    Replace,
 }
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
     /// Respawn a node's worker now, also one marked failed.
-    Restart { id: u32 },
+    Restart {
+        /// The node's id (see `chctl status`).
+        id: u32,
+    },
     /// Set a node's database aside and rebuild it from the replicas (shows progress).
-    Rebuild { id: u32 },
+    Rebuild {
+        /// The node's id (see `chctl status`).
+        id: u32,
+    },
     /// Add nodes; the keys they take over move to them (shows progress).
     Add {
-        #[arg(long, default_value_t = 1)]
+        /// How many nodes to add.
+        #[arg(long, value_name = "N", default_value_t = 1)]
         count: u32,
     },
     /// Remove a node; its keys move to the others first (shows progress).
-    Remove { id: u32 },
+    Remove {
+        /// The node's id (see `chctl status`).
+        id: u32,
+    },
     /// Replace a (failed) node with a new one that takes over exactly its ranges.
-    Replace { id: u32 },
+    Replace {
+        /// The node's id (see `chctl status`).
+        id: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,7 +163,7 @@ fn main() -> ExitCode {
     if let Some(user) = &cli.server_user {
         chd_client::trust::set_server_user(user);
     }
-    let result = commands::run(&socket, cli.command).and_then(|code| Ok(out::flush().map(|()| code)?));
+    let result = commands::run(&socket, cli.command, cli.json).and_then(|code| Ok(out::flush().map(|()| code)?));
     match result {
         Ok(code) => code,
         Err(e) => match exit::code_of(&e) {

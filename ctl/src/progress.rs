@@ -8,7 +8,8 @@ use chd_data::proto::{NodeProgress, NodeState, Request, Response};
 
 use chd_client::Client;
 
-pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
+/// Follows the rebuild of node `id` until it is up again; returns its final progress.
+pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<NodeProgress> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut seen_start = false;
@@ -24,7 +25,7 @@ pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
                 if tty {
                     eprint!("\r\x1b[K");
                 }
-                let p = p.unwrap_or(NodeProgress {
+                return Ok(p.unwrap_or(NodeProgress {
                     what: "rebuilding".into(),
                     partitions_done: 0,
                     partitions_total: 0,
@@ -32,9 +33,7 @@ pub fn follow(client: &mut Client, id: u32) -> anyhow::Result<()> {
                     bytes: 0,
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     finished: true,
-                });
-                summary(&format!("node {id} rebuilt"), &p)?;
-                return Ok(());
+                }));
             }
             _ => {}
         }
@@ -68,8 +67,16 @@ fn draw(p: &NodeProgress) {
     let _ = std::io::stderr().flush();
 }
 
+/// How a membership change ended, as [`follow_migration`] saw it.
+pub enum Finished {
+    /// Its final progress.
+    Done(NodeProgress),
+    /// It finished, and the named change started before its final progress could be read.
+    ThenStarted(String),
+}
+
 /// Follows a membership change until it completes.
-pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
+pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<Finished> {
     let tty = std::io::stderr().is_terminal();
     let mut seen = false;
     loop {
@@ -80,8 +87,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
             if tty {
                 eprint!("\r\x1b[K");
             }
-            outln!("{what}: done; then {} started", other.what)?;
-            return Ok(());
+            return Ok(Finished::ThenStarted(other.what.clone()));
         }
         seen |= s.migration.as_ref().is_some_and(|m| m.what == what);
         match s.migration.filter(|m| m.what == what) {
@@ -89,8 +95,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
                 if tty {
                     eprint!("\r\x1b[K");
                 }
-                summary(&format!("{what}: done"), &p)?;
-                return Ok(());
+                return Ok(Finished::Done(p));
             }
             Some(p) if tty => draw(&p),
             _ => {}
@@ -100,7 +105,7 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<()> {
 }
 
 /// The closing line of a rebuild or a migration.
-fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
+pub fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
     let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
     outln!(
         "{label}: {} partitions, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
@@ -111,4 +116,14 @@ fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
         p.bytes as f64 / secs / 1e6
     )?;
     Ok(())
+}
+
+/// The same as one JSON object.
+pub fn summary_json(p: &NodeProgress) -> serde_json::Value {
+    serde_json::json!({
+        "partitions": p.partitions_total,
+        "records": p.keys,
+        "bytes": p.bytes,
+        "seconds": p.elapsed_ms as f64 / 1000.0,
+    })
 }

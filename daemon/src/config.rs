@@ -37,9 +37,14 @@ pub struct ConfigArgs {
     /// Group whose members may use chd, besides root and chd's own user [default: none].
     #[arg(long, value_name = "GROUP")]
     pub allowed_group: Option<String>,
-    /// Log level or tracing filter, e.g. info, debug [default: info; RUST_LOG overrides].
+    /// Log level: error, warn, info, debug or trace [default: info; RUST_LOG, a tracing
+    /// filter, overrides].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log line format: text (one line per event) or json (one JSON object per line)
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// Compare all replicas in the background after start and copy what differs, healing
     /// what a crash left behind [default: true].
     #[arg(long, value_name = "BOOL")]
@@ -66,6 +71,7 @@ struct FileConfig {
     socket_mode: Option<String>,
     allowed_group: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
     startup_repair: Option<bool>,
     resp_socket: Option<String>,
     resp_listen: Option<String>,
@@ -74,6 +80,62 @@ struct FileConfig {
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
     /// does not show in the process list.
     requirepass: Option<String>,
+}
+
+/// How chd writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event (no colour unless stderr is a terminal and `NO_COLOR` is unset).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The levels `log_level` takes. A tracing filter would accept any word as a target name
+/// (`verbose` would mean "everything from the module `verbose`", so nothing at all, errors
+/// included); filters stay available through `RUST_LOG`.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+fn check_log_level(level: &str) -> anyhow::Result<()> {
+    if LOG_LEVELS.contains(&level) {
+        Ok(())
+    } else {
+        bail!(
+            "log_level: {level:?} is not a level; use one of {} (RUST_LOG takes a full filter)",
+            LOG_LEVELS.join(", ")
+        )
+    }
+}
+
+/// What an existing data dir has fixed, as its `cluster.json` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fixed {
+    pub replicas: u32,
+    /// W as stored; `None` in files written before W was fixed with the data dir.
+    pub write_quorum: Option<u32>,
+    /// Its number of nodes (and the number after the change in progress, if any).
+    pub nodes: u32,
+    pub nodes_after_change: Option<u32>,
+}
+
+impl Fixed {
+    pub fn of(file: &crate::datadir::ClusterFile) -> Fixed {
+        Fixed {
+            replicas: file.ring.replicas(),
+            write_quorum: file.write_quorum,
+            nodes: file.ring.nodes().len() as u32,
+            nodes_after_change: file.transition.as_ref().map(|t| t.target.nodes().len() as u32),
+        }
+    }
 }
 
 /// A password; never printed.
@@ -92,6 +154,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub nodes: u32,
+    /// Whether `nodes` was set explicitly (it must then match an existing data dir).
+    pub nodes_explicit: bool,
     pub replicas: u32,
     /// Whether `replicas` was set explicitly (it must then match an existing data dir).
     pub replicas_explicit: bool,
@@ -101,6 +165,7 @@ pub struct Settings {
     pub socket_mode: u32,
     pub allowed_group: Option<(String, u32)>,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub startup_repair: bool,
     /// The RESP endpoint's Unix socket; `None` when turned off.
     pub resp_socket: Option<PathBuf>,
@@ -118,6 +183,7 @@ impl Settings {
             None => default_data_dir()?,
         };
         let socket = args.socket.clone().or(file.socket).unwrap_or_else(chd_data::paths::default_socket);
+        let nodes_explicit = args.nodes.is_some() || file.nodes.is_some();
         let nodes = args.nodes.or(file.nodes).unwrap_or(4);
         let replicas_explicit = args.replicas.is_some() || file.replicas.is_some();
         let replicas = args.replicas.or(file.replicas).unwrap_or(3);
@@ -139,6 +205,12 @@ impl Settings {
             }
         };
         let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        check_log_level(&log_level)?;
+        let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("log_format: {other:?} is not a format; use text or json"),
+        };
         let startup_repair = args.startup_repair.or(file.startup_repair).unwrap_or(true);
         let resp_socket = match args.resp_socket.clone().or(file.resp_socket) {
             Some(s) if s == "none" => None,
@@ -165,8 +237,6 @@ impl Settings {
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
-        tracing_subscriber::EnvFilter::try_new(&log_level)
-            .map_err(|e| anyhow::anyhow!("log_level: {log_level:?} is not a level or filter: {e}"))?;
 
         if nodes == 0 {
             bail!("nodes: must be at least 1");
@@ -188,6 +258,7 @@ impl Settings {
             data_dir,
             socket,
             nodes,
+            nodes_explicit,
             replicas,
             replicas_explicit,
             write_quorum,
@@ -195,12 +266,51 @@ impl Settings {
             socket_mode,
             allowed_group,
             log_level,
+            log_format,
             startup_repair,
             resp_socket,
             resp_listen,
             resp_listen_any,
             requirepass,
         })
+    }
+
+    /// Takes what an existing data dir fixes, refusing any setting chd could not honour on it.
+    /// Shared by chd's start and `chd check-config`, so that the check approves exactly what
+    /// chd accepts. The data dir's R and W win over the defaults; an explicit setting must
+    /// agree with them, except that W may be lowered (reads then ask more replicas; the lower W
+    /// is kept from then on). `nodes` only sizes a new data dir: an explicit one that differs
+    /// from the data dir's is refused rather than ignored, and the error says how to change
+    /// the number of nodes.
+    pub fn settle(&mut self, fixed: &Fixed) -> anyhow::Result<()> {
+        let dir = self.data_dir.display();
+        let r = fixed.replicas;
+        if self.replicas_explicit && self.replicas != r {
+            bail!(
+                "replicas: data dir {dir} was created with {r} replicas and R cannot change; remove `replicas` from the settings or set it to {r}"
+            );
+        }
+        self.replicas = r;
+        let n = fixed.nodes;
+        if self.nodes_explicit && self.nodes != n && fixed.nodes_after_change != Some(self.nodes) {
+            bail!(
+                "nodes: data dir {dir} has {n} nodes; `nodes` only sizes a new data dir. Change the number of nodes of a running chd with `chctl node add --count N` or `chctl node remove ID`; to start, remove `nodes` from the settings or set it to {n}"
+            );
+        }
+        self.nodes = n;
+        let w = match fixed.write_quorum {
+            None => self.write_quorum,
+            Some(stored) if !self.write_quorum_explicit => stored,
+            Some(stored) if self.write_quorum > stored => bail!(
+                "write_quorum: data dir {dir} uses {stored}; raising it is not supported (reads ask R-W+1 replicas, which would miss writes acknowledged by only {stored}); lowering it is"
+            ),
+            Some(_) => self.write_quorum,
+        };
+        if w > r {
+            bail!("write_quorum: {w} is more than the data dir's {r} replicas");
+        }
+        self.write_quorum = w;
+        Ok(())
     }
 
     /// The settings that differ between `self` (running) and `new` (just read again), each
@@ -221,6 +331,7 @@ impl Settings {
             ("write_quorum", self.write_quorum != new.write_quorum),
             ("socket_mode", self.socket_mode != new.socket_mode),
             ("allowed_group", self.allowed_group != new.allowed_group),
+            ("log_format", self.log_format != new.log_format),
             ("startup_repair", self.startup_repair != new.startup_repair),
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
@@ -251,6 +362,7 @@ impl Settings {
             None => s += "# allowed_group: none\n",
         }
         s += &format!("log_level = \"{}\"\n", self.log_level);
+        s += &format!("log_format = \"{}\"\n", self.log_format.as_str());
         s += &format!("startup_repair = {}\n", self.startup_repair);
         match &self.resp_socket {
             Some(p) => s += &format!("resp_socket = {}\n", q(p)),
@@ -408,5 +520,32 @@ mod tests {
             let e = Settings::resolve(&args(|a| a.config = Some(f.clone()))).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
+    }
+
+    #[test]
+    fn an_existing_data_dir_fixes_r_w_and_the_node_count() {
+        let fixed = Fixed { replicas: 3, write_quorum: Some(2), nodes: 4, nodes_after_change: Some(5) };
+        let settle = |f: fn(&mut ConfigArgs)| {
+            let mut s = Settings::resolve(&args(f)).unwrap();
+            s.settle(&fixed).map(|()| (s.nodes, s.replicas, s.write_quorum)).map_err(|e| e.to_string())
+        };
+        assert_eq!(settle(|_| {}), Ok((4, 3, 2)));
+        assert_eq!(settle(|a| a.write_quorum = Some(1)), Ok((4, 3, 1)), "lowering W is allowed");
+        assert_eq!(settle(|a| a.nodes = Some(5)), Ok((4, 3, 2)), "the count after the change in progress");
+        assert!(settle(|a| a.replicas = Some(2)).unwrap_err().starts_with("replicas: "));
+        assert!(settle(|a| a.write_quorum = Some(3)).unwrap_err().contains("raising it is not supported"));
+        let e = settle(|a| a.nodes = Some(7)).unwrap_err();
+        assert!(e.starts_with("nodes: ") && e.contains("chctl node add --count N"), "{e}");
+    }
+
+    #[test]
+    fn log_level_is_a_level_not_any_word() {
+        for ok in LOG_LEVELS {
+            assert!(Settings::resolve(&args(|a| a.log_level = Some(ok.into()))).is_ok());
+        }
+        let e = Settings::resolve(&args(|a| a.log_level = Some("verbose".into()))).unwrap_err().to_string();
+        assert!(e.starts_with("log_level: \"verbose\" is not a level"), "{e}");
+        let e = Settings::resolve(&args(|a| a.log_format = Some("xml".into()))).unwrap_err().to_string();
+        assert!(e.starts_with("log_format"), "{e}");
     }
 }

@@ -110,19 +110,7 @@ impl DataDir {
     }
 
     pub fn load_cluster(&self) -> anyhow::Result<Option<ClusterFile>> {
-        let path = self.root.join("cluster.json");
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let file: ClusterFile =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a valid cluster file", path.display()))?;
-        file.ring.check().with_context(|| format!("{} holds an invalid ring", path.display()))?;
-        if let Some(t) = &file.transition {
-            t.target.check().with_context(|| format!("{} holds an invalid target ring", path.display()))?;
-        }
-        Ok(Some(file))
+        read_cluster_file(&self.root)
     }
 
     pub fn save_cluster(&self, cluster: &ClusterFile) -> anyhow::Result<()> {
@@ -189,6 +177,24 @@ fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(want))?;
     }
     Ok(())
+}
+
+/// The `cluster.json` of the data dir at `root`, or `None` if there is none (a new data dir).
+/// Reads only: `chd check-config` uses it beside a running chd, without taking the lock.
+pub fn read_cluster_file(root: &Path) -> anyhow::Result<Option<ClusterFile>> {
+    let path = root.join("cluster.json");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let file: ClusterFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid cluster file", path.display()))?;
+    file.ring.check().with_context(|| format!("{} holds an invalid ring", path.display()))?;
+    if let Some(t) = &file.transition {
+        t.target.check().with_context(|| format!("{} holds an invalid target ring", path.display()))?;
+    }
+    Ok(Some(file))
 }
 
 /// Replaces `path` with `data` so that a crash leaves either the old or the new file.

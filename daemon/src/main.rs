@@ -8,6 +8,7 @@ mod coordinator;
 mod datadir;
 mod frame;
 mod layout;
+mod logging;
 mod membership;
 mod repair;
 mod resp;
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the settings, print the effective ones, and exit.
-    CheckConfig(ConfigArgs),
+    CheckConfig(Box<ConfigArgs>),
     /// Run one worker process (chd starts these itself).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -63,44 +64,24 @@ fn main() {
     }
 }
 
+/// Validates the settings as chd's start would, also against the data dir's `cluster.json`
+/// if there is one (read only, so it works beside a running chd), and prints them.
 fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
+    let mut settings = Settings::resolve(args)?;
+    let existing = datadir::read_cluster_file(&settings.data_dir)?;
+    if let Some(file) = &existing {
+        settings.settle(&config::Fixed::of(file))?;
+    }
     print!("{}", settings.render());
+    if existing.is_some() {
+        println!("# nodes, replicas and write_quorum are the existing data dir's");
+    }
     Ok(())
 }
 
 fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    let set_log_level = init_logging(&settings.log_level);
+    let set_log_level = logging::init(&settings.log_level, settings.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(server::run(settings, server::Reload { args: args.clone(), set_log_level }))
-}
-
-/// Starts logging; returns how to change the level later (SIGHUP), or `None` when `RUST_LOG`
-/// rules it.
-fn init_logging(level: &str) -> Option<server::SetLogLevel> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
-    let pinned = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    // Colors only for a terminal: a log file or the journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
-    // Under systemd the journal adds its own timestamps.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let registry = tracing_subscriber::registry().with(filter);
-    if journal {
-        registry.with(fmt.without_time().with_ansi(false)).init();
-    } else {
-        registry.with(fmt).init();
-    }
-    if pinned {
-        return None;
-    }
-    Some(Box::new(move |level: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    }))
 }

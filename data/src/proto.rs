@@ -115,6 +115,28 @@ pub enum Change {
 }
 
 impl Request {
+    /// The request's name, as chctl's command would say it (for logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Get { .. } => "get",
+            Request::Set { .. } => "set",
+            Request::Del { .. } => "del",
+            Request::Status => "status",
+            Request::Ring => "ring",
+            Request::NodeRestart { .. } => "node restart",
+            Request::NodeRebuild { .. } => "node rebuild",
+            Request::Repair => "repair",
+            Request::Progress { .. } => "progress",
+            Request::NodeAdd { .. } => "node add",
+            Request::NodeRemove { .. } => "node remove",
+            Request::NodeReplace { .. } => "node replace",
+            Request::Plan { .. } => "plan",
+            Request::Scan { .. } => "scan",
+            Request::Exists { .. } => "exists",
+        }
+    }
+
     /// Checks the sizes a request carries, before chd acts on it.
     pub fn validate(&self) -> Result<(), Error> {
         let check_key = |key: &[u8]| {

@@ -298,7 +298,9 @@ async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring)
             Err(e) => error!(node = id, error = %e, "cannot delete the database of a node that left"),
         },
         Err(why) => match cluster.data.quarantine(id) {
-            Ok(to) => warn!(node = id, to = ?to, reason = %why, "node left unconfirmed; database kept in quarantine"),
+            Ok(to) => {
+                warn!(node = id, to = %to.as_ref().map_or("nowhere (no database)".into(), |p| p.display().to_string()), reason = %why, "node left unconfirmed; database kept in quarantine")
+            }
             Err(e) => error!(node = id, error = %e, "cannot move aside the database of a node that left"),
         },
     }

@@ -48,6 +48,15 @@ pub enum SyncMode {
     Rebuild,
 }
 
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::CatchUp => "catch-up",
+            SyncMode::Rebuild => "rebuild",
+        })
+    }
+}
+
 /// Brings node `id` up to date on every partition it owns.
 ///
 /// The sources of a partition are the intact nodes that hold it now ([`crate::cluster::Replica::is_source`]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::cmd::{self, Kind};
 use super::parse::{parse_int, Parser};
@@ -55,7 +55,14 @@ pub async fn serve_unix(server: Arc<Server>, stream: UnixStream, stop: watch::Re
     let addr = format!("unix:uid={},pid={}", peer.uid, peer.pid.unwrap_or(0));
     let (mut rd, mut wr) = stream.into_split();
     if !auth::allowed(&peer, server.cluster.settings.allowed_group.as_ref().map(|g| g.1)) {
-        debug!(uid = peer.uid, "RESP connection refused: permission denied");
+        if let Some(n) = crate::logging::allow(&crate::logging::REFUSED_CLIENTS) {
+            warn!(
+                uid = peer.uid,
+                pid = %peer.pid.map_or("?".into(), |p| p.to_string()),
+                "RESP client refused: its user is not root, chd's user or in allowed_group{}",
+                crate::logging::suppressed(n)
+            );
+        }
         stats::REJECTED.fetch_add(1, Ordering::Relaxed);
         // Let the client's first request arrive, so it reads why rather than failing to write.
         let mut first = [0u8; 1024];

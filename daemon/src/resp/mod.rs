@@ -52,6 +52,7 @@ pub struct ConnInfo {
 /// Serves RESP on a Unix socket until `stop`; `done` is dropped when every connection ended.
 pub fn serve_unix(server: Arc<Server>, listener: UnixListener, stop: watch::Receiver<bool>, done: mpsc::Sender<()>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut too_many = crate::logging::RateLimit::new(Duration::from_secs(1), 1);
     tokio::spawn(async move {
         let mut stop_wait = stop.clone();
         loop {
@@ -62,7 +63,13 @@ pub fn serve_unix(server: Arc<Server>, listener: UnixListener, stop: watch::Rece
             match accepted {
                 Ok((stream, _)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        warn!(limit = MAX_CONNECTIONS, "too many RESP connections; refusing one");
+                        if let Some(n) = too_many.check(std::time::Instant::now()) {
+                            warn!(
+                                limit = MAX_CONNECTIONS,
+                                "too many RESP connections; refusing one{}",
+                                crate::logging::suppressed(n)
+                            );
+                        }
                         continue;
                     };
                     let (server, stop, done) = (server.clone(), stop.clone(), done.clone());
@@ -83,6 +90,7 @@ pub fn serve_unix(server: Arc<Server>, listener: UnixListener, stop: watch::Rece
 /// Serves RESP on TCP until `stop` (only ever started with a password set).
 pub fn serve_tcp(server: Arc<Server>, listener: TcpListener, stop: watch::Receiver<bool>, done: mpsc::Sender<()>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut too_many = crate::logging::RateLimit::new(Duration::from_secs(1), 1);
     tokio::spawn(async move {
         let mut stop_wait = stop.clone();
         loop {
@@ -93,7 +101,13 @@ pub fn serve_tcp(server: Arc<Server>, listener: TcpListener, stop: watch::Receiv
             match accepted {
                 Ok((stream, addr)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        warn!(limit = MAX_CONNECTIONS, "too many RESP connections; refusing one");
+                        if let Some(n) = too_many.check(std::time::Instant::now()) {
+                            warn!(
+                                limit = MAX_CONNECTIONS,
+                                "too many RESP connections; refusing one{}",
+                                crate::logging::suppressed(n)
+                            );
+                        }
                         continue;
                     };
                     let _ = stream.set_nodelay(true);

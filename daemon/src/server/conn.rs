@@ -19,7 +19,7 @@ use chd_data::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::auth::{self, Peer};
 use super::handlers;
@@ -66,7 +66,14 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
     };
 
     if !auth::allowed(&peer, server.cluster.settings.allowed_group.as_ref().map(|g| g.1)) {
-        debug!(uid = peer.uid, "connection refused: permission denied");
+        if let Some(n) = crate::logging::allow(&crate::logging::REFUSED_CLIENTS) {
+            warn!(
+                uid = peer.uid,
+                pid = %pid_text(&peer),
+                "client refused: its user is not root, chd's user or in allowed_group{}",
+                crate::logging::suppressed(n)
+            );
+        }
         // Answer the client's first request (its hello) rather than closing under it, so that
         // it reads why instead of failing to write. Only a small frame is read, briefly.
         let first = tokio::time::timeout(std::time::Duration::from_secs(1), read_frame(&mut rd, 1024)).await;
@@ -84,6 +91,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
     // Counted in KiB: a semaphore holds at most u32::MAX permits per acquire.
     let in_flight_kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES >> 10));
     let mut greeted = false;
+    let mut requests = 0u64;
     loop {
         let len = tokio::select! {
             l = read_len(&mut rd, MAX_FRAME) => l,
@@ -111,8 +119,9 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         };
         if !greeted {
             match request {
-                Request::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {
+                Request::Hello { protocol, ref client } if protocol == PROTOCOL_VERSION => {
                     greeted = true;
+                    debug!(uid = peer.uid, pid = %pid_text(&peer), client = %client, "client connected");
                     let hello = Response::Hello { protocol, server: format!("chd {}", env!("CARGO_PKG_VERSION")) };
                     let _ = replies.send(ServerFrame { id, response: Ok(hello) }).await;
                     continue;
@@ -125,6 +134,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             break;
         }
         if let Err(e) = request.validate() {
+            debug!(uid = peer.uid, pid = %pid_text(&peer), request = %request.name(), error = %e, "request refused; closing the connection");
             reply_and_close(id, e).await;
             break;
         }
@@ -136,13 +146,28 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             _ => None,
         };
         let (server, replies) = (server.clone(), replies.clone());
+        requests += 1;
         tokio::spawn(async move {
+            let (name, started) = (request.name(), std::time::Instant::now());
             let response = handlers::handle(&server, request).await;
             drop(guard);
+            match &response {
+                Ok(_) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, "request done"),
+                Err(e) => {
+                    debug!(request = %name, micros = started.elapsed().as_micros() as u64, error = %e, "request failed")
+                }
+            }
             let _ = replies.send(ServerFrame { id, response }).await;
             drop((permit, bytes_permit));
         });
     }
+    if greeted {
+        debug!(uid = peer.uid, pid = %pid_text(&peer), requests, "client disconnected");
+    }
     drop(replies);
     let _ = writer.await;
+}
+
+fn pid_text(peer: &Peer) -> String {
+    peer.pid.map_or("?".into(), |p| p.to_string())
 }

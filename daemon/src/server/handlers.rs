@@ -128,6 +128,29 @@ fn node_restart(server: &Server, id: NodeId) -> Result<Response, Error> {
     Ok(Response::Done)
 }
 
+/// Whether node `id` may be rebuilt while the nodes are in `states`: only if every other node
+/// is up. The refusal says what to do: a node on its way up is waited for, but a failed node
+/// stays failed until an operator acts, so waiting would be the wrong advice.
+fn rebuild_allowed(id: NodeId, states: &[(NodeId, NodeState)]) -> Result<(), String> {
+    let others: Vec<&(NodeId, NodeState)> = states.iter().filter(|(n, s)| *n != id && *s != NodeState::Up).collect();
+    let failed: Vec<NodeId> = others.iter().filter(|(_, s)| *s == NodeState::Failed).map(|(n, _)| *n).collect();
+    if let Some(&f) = failed.first() {
+        let which = failed.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+        let is =
+            if failed.len() == 1 { format!("node {which} is failed") } else { format!("nodes {which} are failed") };
+        return Err(format!(
+            "cannot rebuild node {id}: {is}, and a failed node stays so until told: bring it back with `chctl node restart {f}` (or `chctl node rebuild {f}` if its data is lost), or take it out with `chctl node replace {f}` or `chctl node remove {f}`; then rebuild node {id}"
+        ));
+    }
+    if !others.is_empty() {
+        let list = others.iter().map(|(n, s)| format!("{n} is {}", s.as_str())).collect::<Vec<_>>().join(", ");
+        return Err(format!(
+            "cannot rebuild node {id} while other nodes are not up ({list}); wait for them to come up (`chctl status`)"
+        ));
+    }
+    Ok(())
+}
+
 async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
     let cluster = &server.cluster;
     if cluster.state_of(id).is_none() {
@@ -135,20 +158,9 @@ async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
     }
     // Setting a node's data aside is only safe while every other replica is there to rebuild
     // it from; otherwise some keys would be left on fewer than W nodes.
-    let others_down: Vec<String> = cluster
-        .nodes
-        .read()
-        .expect("nodes lock")
-        .iter()
-        .filter(|(&n, s)| n != id && s.state != NodeState::Up)
-        .map(|(n, s)| format!("{n} is {}", s.state.as_str()))
-        .collect();
-    if !others_down.is_empty() {
-        return Err(Error::Refused(format!(
-            "cannot rebuild node {id} while other nodes are not up ({}); wait for them",
-            others_down.join(", ")
-        )));
-    }
+    let states: Vec<(NodeId, NodeState)> =
+        cluster.nodes.read().expect("nodes lock").iter().map(|(&n, s)| (n, s.state)).collect();
+    rebuild_allowed(id, &states).map_err(Error::Refused)?;
     // Answered once the node's data is set aside and its rebuild begins, or with the reason it
     // cannot be: a request chd accepts is carried out.
     let (reply, started) = tokio::sync::oneshot::channel();
@@ -159,5 +171,23 @@ async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
         Ok(Ok(())) => Ok(Response::Done),
         Ok(Err(why)) => Err(Error::Refused(format!("cannot rebuild node {id}: {why}"))),
         Err(_) => Err(Error::Refused(format!("node {id} is shutting down"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_beside_a_failed_node_says_what_to_do_not_to_wait() {
+        use NodeState::*;
+        assert_eq!(rebuild_allowed(1, &[(0, Up), (1, Failed), (2, Up)]), Ok(()));
+        let e = rebuild_allowed(1, &[(0, Up), (1, Up), (2, Failed), (3, Starting)]).unwrap_err();
+        assert!(!e.contains("wait"), "{e}");
+        for hint in ["node 2 is failed", "chctl node restart 2", "chctl node rebuild 2", "chctl node replace 2"] {
+            assert!(e.contains(hint), "{hint:?} missing from {e}");
+        }
+        let e = rebuild_allowed(1, &[(0, Up), (1, Up), (3, Starting)]).unwrap_err();
+        assert!(e.contains("3 is starting") && e.contains("wait"), "{e}");
     }
 }

@@ -42,8 +42,7 @@ const READ_CACHE_BYTES: usize = 64 << 20;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Changes the log level (filter) of the running chd.
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use crate::logging::SetLogLevel;
 
 /// What SIGHUP needs: how chd was configured, and the handle on its log filter (`None` when
 /// `RUST_LOG` fixes the filter).
@@ -71,13 +70,8 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     }
     let (mut file, created) = match data.load_cluster()? {
         Some(f) => {
-            if settings.replicas_explicit && f.ring.replicas() != settings.replicas {
-                bail!(
-                    "replicas: data dir {} was created with {} replicas; changing it is not supported",
-                    settings.data_dir.display(),
-                    f.ring.replicas()
-                );
-            }
+            // The same check as `chd check-config`: R, W and the node count are the data dir's.
+            settings.settle(&crate::config::Fixed::of(&f))?;
             (f, false)
         }
         None => {
@@ -99,8 +93,8 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
         }
     };
     crash_point("cluster-created");
-    let write_quorum = settled_write_quorum(&settings, &file)?;
-    settings.write_quorum = write_quorum;
+    let write_quorum = settings.write_quorum;
+    // A lowered W (or one missing from an older file) is kept from now on.
     if file.write_quorum != Some(write_quorum) {
         file.write_quorum = Some(write_quorum);
         data.save_cluster(&file)?;
@@ -158,7 +152,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
                 Ok(r) => info!(
                     partitions_differing = r.partitions_differing,
                     records = r.keys_repaired,
-                    unreachable = ?r.unreachable_nodes,
+                    unreachable = %crate::logging::list(&r.unreachable_nodes),
                     "startup repair done"
                 ),
                 Err(e) => warn!(error = %format!("{e:#}"), "startup repair stopped; run `chctl repair`"),
@@ -179,16 +173,21 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
         resp::serve_unix(server.clone(), l, stop_rx.clone(), conn_tx.clone());
     }
     if let Some(l) = resp_tcp {
-        info!(address = ?settings.resp_listen, "serving RESP over TCP (AUTH required)");
+        info!(address = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving RESP over TCP (AUTH required)");
         resp::serve_tcp(server.clone(), l, stop_rx.clone(), conn_tx.clone());
     }
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // A client opening connections in a loop must not turn the log into the same line 1000
+    // times a millisecond.
+    let mut too_many = crate::logging::RateLimit::new(Duration::from_secs(1), 1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let Ok(slot) = connections.clone().try_acquire_owned() else {
-                        warn!(limit = MAX_CONNECTIONS, "too many connections; refusing one");
+                        if let Some(n) = too_many.check(std::time::Instant::now()) {
+                            warn!(limit = MAX_CONNECTIONS, "too many connections; refusing one{}", crate::logging::suppressed(n));
+                        }
                         continue;
                     };
                     let (server, stop_rx, conn_tx) = (server.clone(), stop_rx.clone(), conn_tx.clone());
@@ -222,7 +221,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     drop(conn_tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, conn_rx.recv()).await.is_err() {
-        warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+        warn!("requests still in flight after {}s; stopping anyway", DRAIN_TIMEOUT.as_secs());
     }
     let ids: Vec<u32> = server.cluster.nodes.read().expect("nodes lock").keys().copied().collect();
     let mut waits = Vec::new();
@@ -382,27 +381,7 @@ fn reload_settings(loaded: &mut Settings, reload: &Reload) {
         warn!(setting = key, "SIGHUP: changed in the configuration; takes effect at the next start of chd");
     }
     let file = new.config_file.as_ref().map_or("none".into(), |f| f.display().to_string());
-    info!(config_file = %file, applied = ?live, need_restart = ?restart, "SIGHUP: configuration reloaded");
-}
-
-/// W of this start. It is fixed with the data dir, like R: a W raised on an existing data dir
-/// would shrink the read quorum (R-W+1) below what the writes acknowledged under the old W
-/// need. Lowering it is safe (reads then ask more replicas) and is kept from then on.
-fn settled_write_quorum(settings: &Settings, file: &ClusterFile) -> anyhow::Result<u32> {
-    let r = file.ring.replicas();
-    let w = match file.write_quorum {
-        None => settings.write_quorum,
-        Some(stored) if !settings.write_quorum_explicit => stored,
-        Some(stored) if settings.write_quorum > stored => bail!(
-            "write_quorum: data dir {} uses {stored}; raising it is not supported (reads ask R-W+1 replicas, which would miss writes acknowledged by only {stored}); lowering it is",
-            settings.data_dir.display()
-        ),
-        Some(_) => settings.write_quorum,
-    };
-    if w > r {
-        bail!("write_quorum: {w} is more than the data dir's {r} replicas");
-    }
-    Ok(w)
+    info!(config_file = %file, applied = %crate::logging::list(&live), need_restart = %crate::logging::list(&restart), "SIGHUP: configuration reloaded");
 }
 
 /// In debug builds, `CHD_TEST_PAUSE_AT=<point>` with `CHD_TEST_PAUSE_FILE=<path>` makes chd

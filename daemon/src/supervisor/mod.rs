@@ -506,7 +506,11 @@ impl Keeper {
             let pending = mode == Some(SyncMode::Rebuild);
             let r = link.call(WorkerRequest::SetIdentity { node: id, rebuild_pending: pending }, STOP_TIMEOUT).await;
             if !matches!(r, Ok(WorkerResponse::Done)) {
-                error!(node = id, reply = ?r, "cannot write node identity");
+                let why = match &r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the worker gave an unexpected answer".to_string(),
+                };
+                error!(node = id, error = %why, "cannot write node identity");
                 return None;
             }
             if unborn {
@@ -525,11 +529,11 @@ impl Keeper {
             tokio::time::sleep(after).await;
             let ok = match repair::sync_node(&cluster, id, mode).await {
                 Ok(report) => {
-                    info!(node = id, ?mode, keys = report.keys_repaired, bytes = report.bytes_repaired, "sync done");
+                    info!(node = id, %mode, keys = report.keys_repaired, bytes = report.bytes_repaired, "sync done");
                     true
                 }
                 Err(e) => {
-                    warn!(node = id, ?mode, error = %format!("{e:#}"), "sync incomplete; will retry");
+                    warn!(node = id, %mode, error = %format!("{e:#}"), "sync incomplete; will retry");
                     false
                 }
             };

@@ -113,7 +113,9 @@ impl Chd {
 
     pub fn try_status(&self) -> Option<Value> {
         let out = self.ctl(&["status", "--json"]);
-        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+        // 5: printed, but a node is failed.
+        (out.status.success() || (out.status.code() == Some(5) && !out.stdout.is_empty()))
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     pub fn status(&self) -> Value {
