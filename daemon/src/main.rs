@@ -8,6 +8,7 @@ mod datadir;
 mod frame;
 mod layout;
 mod membership;
+mod quarantine;
 mod repair;
 mod resp;
 mod scan;
