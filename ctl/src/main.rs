@@ -4,6 +4,7 @@
 mod out;
 mod bench;
 mod commands;
+mod dump;
 mod exit;
 mod progress;
 
@@ -77,6 +78,82 @@ pub enum Command {
     },
     /// Measure durable writes per second, beside the disk's raw fdatasync rate.
     Bench(bench::BenchArgs),
+    /// Write every live key and its value to stdout, while chd serves: `chctl dump > FILE`.
+    ///
+    /// Keys are listed like `chctl keys` and each value is read like `chctl get` (the latest
+    /// acknowledged value when it is read). Not one snapshot across keys: keys written during
+    /// the dump may or may not be in it. Memory stays bounded whatever the key count. The chd
+    /// format (header CHD-DUMP, version, length-prefixed records, end marker) is what `chctl
+    /// restore` reads; `--format resp` writes SET commands for `redis-cli --pipe`, to move the
+    /// data into Redis or Valkey.
+    Dump {
+        /// Only keys starting with P.
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+        #[arg(long, value_enum, default_value = "chd")]
+        format: dump::Format,
+    },
+    /// Load a dump made by `chctl dump` from FILE (default: stdin) into chd.
+    ///
+    /// A key that has a value in chd now is newer than the dump and is kept as it is (the
+    /// summary counts and names such keys); keys that are absent now, including keys deleted
+    /// since the dump was taken, get the dump's value. With --force every key in the dump is
+    /// written, replacing what chd holds. A dump cut short (no end marker) is reported, exit 6,
+    /// after restoring the records before the cut.
+    Restore {
+        /// The dump file; "-" or none reads stdin.
+        file: Option<PathBuf>,
+        /// Overwrite keys that exist in chd now with the dump's (older) values.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Databases chd set aside in <data-dir>/quarantine/.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand)]
+pub enum QuarantineCommand {
+    /// Show each set-aside database: its node, size, age, and whether deleting it is safe.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete set-aside databases older than D that are safe to delete; keep and explain the rest.
+    ///
+    /// chd sets a node's database aside when it fails its own checks, then rebuilds the node
+    /// from its peers; once that node is up again, the old database holds nothing the replicas
+    /// lack, and it is deleted here. A database is kept when its node is not up yet (rebuild
+    /// unfinished), when its node left the ring without its records being confirmed on the new
+    /// owners (it may be their only copy), or when chd did not name it. chd never deletes
+    /// anything there by itself.
+    Purge {
+        /// Minimum age, like 7d, 12h, 30m, 90s, or 0 for any age.
+        #[arg(long, value_name = "D", value_parser = parse_age)]
+        older_than: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A duration such as `7d`, `12h`, `30m`, `90s` or `0`.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let err = || format!("{s:?} is not a duration like 7d, 12h, 30m, 90s or 0");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(err()),
+    };
+    n.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(err)
 }
 
 #[derive(Subcommand)]
@@ -114,6 +191,22 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse_with_units() {
+        assert_eq!(parse_age("7d"), Ok(std::time::Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_age("12h"), Ok(std::time::Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("90s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_age("0"), Ok(std::time::Duration::ZERO));
+        for bad in ["", "7", "d", "7x", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 }
 
