@@ -337,7 +337,10 @@ fn print_quarantine(r: &QuarantineReport, purge: bool) -> anyhow::Result<()> {
     }
     outln!("{:<28} {:>10} {:>8}  SAFE TO DELETE", "NAME", "SIZE", "AGE")?;
     for e in &r.entries {
-        line(e, &e.unsafe_because.as_ref().map_or("yes (its node is rebuilt and up)".into(), |why| format!("no: {why}")))?;
+        line(
+            e,
+            &e.unsafe_because.as_ref().map_or("yes (its node is rebuilt and up)".into(), |why| format!("no: {why}")),
+        )?;
     }
     Ok(())
 }

@@ -229,24 +229,34 @@ pub fn dump(client: &mut Client, prefix: &[u8], format: Format) -> anyhow::Resul
         let request = Request::Scan { cursor, prefix: prefix.to_vec(), count: 1000 };
         let Response::Keys { keys, cursor: next } = client.call(request)? else { bail!("unexpected answer") };
         let mut keys = keys.into_iter().map(|k| k.into_vec());
-        let mut in_flight: VecDeque<Vec<u8>> = VecDeque::new();
+        // chd answers pipelined requests as they finish, not in order; replies wait in their
+        // slot so that the dump keeps the listing's order (and equal data dumps equal bytes).
+        let mut in_flight: VecDeque<(u64, Vec<u8>, Option<Response>)> = VecDeque::new();
         loop {
             while in_flight.len() < window {
                 let Some(key) = keys.next() else { break };
-                client.send(Request::Get { key: key.clone() })?;
-                in_flight.push_back(key);
+                let id = client.send(Request::Get { key: key.clone() })?;
+                in_flight.push_back((id, key, None));
             }
-            let Some(key) = in_flight.pop_front() else { break };
+            if in_flight.is_empty() {
+                break;
+            }
             client.flush()?;
             let frame = client.receive()?;
-            match frame.response.map_err(chd_client::CallError::Chd)? {
-                Response::Value(Some(v)) => {
-                    w.record(&key, &v).map_err(OutputError)?;
-                    window = window_after(v.len());
+            let response = frame.response.map_err(chd_client::CallError::Chd)?;
+            let slot = in_flight.iter_mut().find(|s| s.0 == frame.id).context("chd answered a request never sent")?;
+            slot.2 = Some(response);
+            while in_flight.front().is_some_and(|s| s.2.is_some()) {
+                let (_, key, response) = in_flight.pop_front().expect("front exists");
+                match response.expect("answered") {
+                    Response::Value(Some(v)) => {
+                        w.record(&key, &v).map_err(OutputError)?;
+                        window = window_after(v.len());
+                    }
+                    // Deleted since it was listed.
+                    Response::Value(None) => {}
+                    other => bail!("unexpected answer: {other:?}"),
                 }
-                // Deleted since it was listed.
-                Response::Value(None) => {}
-                other => bail!("unexpected answer: {other:?}"),
             }
         }
         if next == 0 {
@@ -273,28 +283,39 @@ pub struct Restored {
 pub fn restore(client: &mut Client, input: impl Read, force: bool) -> anyhow::Result<Restored> {
     let mut reader = Reader::new(input).map_err(|e| exit::fail(exit::OTHER, format!("{e:#}")))?;
     let mut done = Restored::default();
-    let mut in_flight: VecDeque<Vec<u8>> = VecDeque::new();
+    // Replies come as requests finish, not in order: each is matched to its key by id.
+    let mut in_flight: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut input_done = false;
+    // A damaged input stops the reading; what was sent before it is still waited for, so that
+    // the count in the message is what chd holds.
+    let mut damaged = None;
     loop {
         while !input_done && in_flight.len() < WINDOW {
-            match reader.next_record().map_err(|e| {
-                exit::fail(exit::OTHER, format!("{e:#}; {} keys were restored before it", done.written))
-            })? {
-                Some((key, value)) => {
+            match reader.next_record() {
+                Err(e) => {
+                    damaged = Some(e);
+                    input_done = true;
+                }
+                Ok(Some((key, value))) => {
                     let request = if force {
                         Request::Set { key: key.clone(), value }
                     } else {
                         Request::SetIfAbsent { key: key.clone(), value }
                     };
-                    client.send(request)?;
-                    in_flight.push_back(key);
+                    let id = client.send(request)?;
+                    in_flight.push((id, key));
                 }
-                None => input_done = true,
+                Ok(None) => input_done = true,
             }
         }
-        let Some(key) = in_flight.pop_front() else { break };
+        if in_flight.is_empty() {
+            break;
+        }
         client.flush()?;
-        match client.receive()?.response.map_err(chd_client::CallError::Chd)? {
+        let frame = client.receive()?;
+        let at = in_flight.iter().position(|s| s.0 == frame.id).context("chd answered a request never sent")?;
+        let (_, key) = in_flight.swap_remove(at);
+        match frame.response.map_err(chd_client::CallError::Chd)? {
             Response::Done | Response::Written(true) => done.written += 1,
             Response::Written(false) => {
                 done.kept += 1;
@@ -304,6 +325,10 @@ pub fn restore(client: &mut Client, input: impl Read, force: bool) -> anyhow::Re
             }
             other => bail!("unexpected answer: {other:?}"),
         }
+    }
+    if let Some(e) = damaged {
+        let kept = if done.kept > 0 { format!(" ({} kept as they were)", done.kept) } else { String::new() };
+        return Err(exit::fail(exit::OTHER, format!("{e:#}; the {} keys before it were restored{kept}", done.written)));
     }
     Ok(done)
 }

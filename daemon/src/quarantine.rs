@@ -188,7 +188,8 @@ mod tests {
         std::fs::write(q.join("node-1-1000/values/1"), vec![7u8; 100_000]).unwrap();
         std::fs::create_dir(q.join("node-9-1500")).unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(4600);
-        let origin = |id| if id == 1 { Origin::Member { state: NodeState::Up, intact: true } } else { Origin::NotMember };
+        let origin =
+            |id| if id == 1 { Origin::Member { state: NodeState::Up, intact: true } } else { Origin::NotMember };
         let e = entries(q, now, &origin).unwrap();
         assert_eq!(e.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["node-1-1000", "node-9-1500"]);
         assert!(e[0].bytes >= 100_000, "{}", e[0].bytes);

@@ -134,9 +134,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             | Request::Set { key, .. }
             | Request::Del { key }
             | Request::Exists { key }
-            | Request::SetIfAbsent { key, .. } => {
-                Some(server.coordinator.locks.lock(key).await)
-            }
+            | Request::SetIfAbsent { key, .. } => Some(server.coordinator.locks.lock(key).await),
             _ => None,
         };
         let (server, replies) = (server.clone(), replies.clone());
