@@ -194,6 +194,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// chd's own resolution order, then the system service's socket as a last resort, so that an
+/// administrator's shell finds the packaged chd without flags.
+fn default_socket() -> PathBuf {
+    let p = chd_data::paths::default_socket();
+    let system = PathBuf::from(chd_data::paths::SYSTEM_SOCKET);
+    if !p.exists() && std::env::var_os("CHD_SOCKET").is_none() && system.exists() {
+        return system;
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,15 +219,4 @@ mod tests {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// chd's own resolution order, then the system service's socket as a last resort, so that an
-/// administrator's shell finds the packaged chd without flags.
-fn default_socket() -> PathBuf {
-    let p = chd_data::paths::default_socket();
-    let system = PathBuf::from(chd_data::paths::SYSTEM_SOCKET);
-    if !p.exists() && std::env::var_os("CHD_SOCKET").is_none() && system.exists() {
-        return system;
-    }
-    p
 }
