@@ -129,48 +129,11 @@ pub enum QuarantineCommand {
     /// anything there by itself.
     Purge {
         /// Minimum age, like 7d, 12h, 30m, 90s, or 0 for any age.
-        #[arg(long, value_name = "D", value_parser = parse_age)]
+        #[arg(long, value_name = "D", value_parser = chd_data::duration::parse)]
         older_than: std::time::Duration,
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A duration such as `7d`, `12h`, `30m`, `90s` or `0`.
-fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    let err = || format!("{s:?} is not a duration like 7d, 12h, 30m, 90s or 0");
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| err())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        "w" => 7 * 86400,
-        _ => return Err(err()),
-    };
-    n.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(err)
-}
-
-#[derive(Subcommand)]
-pub enum NodeCommand {
-    /// Respawn a node's worker now, also one marked failed.
-    Restart { id: u32 },
-    /// Set a node's database aside and rebuild it from the replicas (shows progress).
-    Rebuild { id: u32 },
-    /// Add nodes; the keys they take over move to them (shows progress).
-    Add {
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-    },
-    /// Remove a node; its keys move to the others first (shows progress).
-    Remove { id: u32 },
-    /// Replace a (failed) node with a new one that takes over exactly its ranges.
-    Replace { id: u32 },
 }
 
 fn main() -> ExitCode {
@@ -203,20 +166,4 @@ fn default_socket() -> PathBuf {
         return system;
     }
     p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_parse_with_units() {
-        assert_eq!(parse_age("7d"), Ok(std::time::Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_age("12h"), Ok(std::time::Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_age("90s"), Ok(std::time::Duration::from_secs(90)));
-        assert_eq!(parse_age("0"), Ok(std::time::Duration::ZERO));
-        for bad in ["", "7", "d", "7x", "-1d", "1.5h", "99999999999999999999d"] {
-            assert!(parse_age(bad).is_err(), "{bad}");
-        }
-    }
 }

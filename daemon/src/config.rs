@@ -52,6 +52,10 @@ pub struct ConfigArgs {
     /// `requirepass` in the config file) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub resp_listen: Option<String>,
+    /// How long a deleted key's tombstone is kept before it may be purged, like 10d or 12h
+    /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
+    #[arg(long, value_name = "D")]
+    pub tombstone_grace: Option<String>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -74,6 +78,7 @@ struct FileConfig {
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
     /// does not show in the process list.
     requirepass: Option<String>,
+    tombstone_grace: Option<String>,
 }
 
 /// A password; never printed.
@@ -108,6 +113,8 @@ pub struct Settings {
     pub resp_listen: Option<std::net::SocketAddr>,
     pub resp_listen_any: bool,
     pub requirepass: Option<Secret>,
+    /// See [`crate::tombstones`].
+    pub tombstone_grace: std::time::Duration,
 }
 
 impl Settings {
@@ -162,6 +169,8 @@ impl Settings {
                 Some(addr)
             }
         };
+        let grace = args.tombstone_grace.clone().or(file.tombstone_grace).unwrap_or_else(|| "10d".into());
+        let tombstone_grace = chd_data::duration::parse(&grace).map_err(|e| anyhow::anyhow!("tombstone_grace: {e}"))?;
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
@@ -200,6 +209,7 @@ impl Settings {
             resp_listen,
             resp_listen_any,
             requirepass,
+            tombstone_grace,
         })
     }
 
@@ -224,6 +234,7 @@ impl Settings {
             ("startup_repair", self.startup_repair != new.startup_repair),
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
+            ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
         ] {
             if differs {
                 restart.push(key);
@@ -261,6 +272,7 @@ impl Settings {
             None => s += "# resp_listen: off\n",
         }
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
+        s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
         if self.requirepass.is_some() {
             s += "# requirepass: set (not shown)\n";
         }

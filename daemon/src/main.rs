@@ -15,6 +15,7 @@ mod scan;
 mod server;
 mod storage;
 mod supervisor;
+mod tombstones;
 mod versions;
 mod worker;
 

@@ -272,3 +272,47 @@ fn quarantine_lists_and_purges_only_what_is_redundant() {
     let out = chd.ctl(&["quarantine", "purge", "--older-than", "soon"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Sum of `tombstones=N` over chd's "purged tombstones" log lines.
+fn purged_in_log(chd: &Chd) -> u64 {
+    chd.log()
+        .lines()
+        .filter(|l| l.contains("purged tombstones"))
+        .filter_map(|l| l.split("tombstones=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn tombstones_are_purged_once_every_replica_has_them_and_deleted_keys_stay_deleted() {
+    let mut chd = Chd::start(&["--tombstone-grace", "0"]);
+    let mut c = chd.client();
+    c.set_many((0..40).map(|i| (format!("t:{i}"), format!("v{i}"))));
+    for i in 0..20 {
+        let r = c.call(Request::Del { key: format!("t:{i}").into_bytes() }).unwrap();
+        assert_eq!(r, Ok(Response::Done));
+    }
+    // Every delete is on all 3 replicas (W=2 acknowledged, the third follows): 60 tombstones.
+    wait_for("60 tombstones purged", Duration::from_secs(60), || purged_in_log(&chd) >= 60);
+    assert_eq!(purged_in_log(&chd), 60, "only tombstones are purged, each once per replica");
+    let check = |chd: &Chd| {
+        for i in 0..40 {
+            let want = (i >= 20).then(|| format!("v{i}").into_bytes());
+            assert_eq!(chd.get(&format!("t:{i}")), want, "t:{i}");
+        }
+    };
+    check(&chd);
+    // Nothing comes back through repair or a restart.
+    assert!(chd.ctl(&["repair"]).status.success());
+    chd.term();
+    chd.restart();
+    check(&chd);
+    assert_eq!(chd.ctl(&["keys", "--prefix", "t:"]).stdout.iter().filter(|&&b| b == b'\n').count(), 20);
+
+    let bad =
+        Command::new(common::CHD).args(["check-config", "--config", "/dev/null", "--tombstone-grace", "soon"]).output();
+    let bad = bad.unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tombstone_grace"));
+    let good = Command::new(common::CHD).args(["check-config", "--config", "/dev/null"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&good.stdout).contains("tombstone_grace = \"10d\""));
+}

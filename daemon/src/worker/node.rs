@@ -267,6 +267,30 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// Removes the tombstones of `partition` with a version below `below`; returns how many.
+    /// Only tombstones: a live value is never touched, whatever its version. The caller makes
+    /// sure every replica holds these tombstones, so none can be undone by an older value
+    /// copied from a replica that missed the delete ([`crate::tombstones`]).
+    pub fn purge_tombstones(&mut self, partition: u32, below: u64) -> io::Result<u64> {
+        let mut purged = 0;
+        let mut from = data_key(partition, b"");
+        let to = data_key(partition + 1, b"");
+        loop {
+            // Small batches: live inline values ride along in a scan (up to 4 KiB each).
+            let batch = self.engine.scan(&from, &to, 1024)?;
+            let Some((last, _)) = batch.last() else { return Ok(purged) };
+            from = [last.as_slice(), &[0]].concat();
+            for (k, v) in batch {
+                if let Stored::Inline(r) = decode(&v)? {
+                    if r.is_tombstone() && r.version < below {
+                        self.engine.delete(&k)?;
+                        purged += 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// Makes every earlier write durable: new value files' names first, then the engine (and so
     /// the pointers to them); only then are the files of replaced records unlinked.
     pub fn sync(&mut self) -> io::Result<()> {
@@ -323,6 +347,25 @@ mod tests {
         assert!(!n.non_empty_partitions().unwrap().contains(&p));
         assert_eq!(n.live_keys(), 99 - live_in_p);
         assert_eq!(n.get(&1u32.to_be_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn purging_removes_only_old_tombstones_of_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 1).unwrap();
+        n.put(b"old-del", &rec(5, None)).unwrap();
+        n.put(b"new-del", &rec(50, None)).unwrap();
+        n.put(b"old-live", &rec(3, Some("kept"))).unwrap();
+        n.put(b"reset", &rec(4, None)).unwrap();
+        n.put(b"reset", &rec(60, Some("back"))).unwrap();
+        assert_eq!(n.purge_tombstones(0, 10).unwrap(), 1);
+        assert_eq!(n.get(b"old-del").unwrap(), None);
+        assert_eq!(n.get(b"new-del").unwrap(), Some(rec(50, None)));
+        assert_eq!(n.get(b"old-live").unwrap(), Some(rec(3, Some("kept"))));
+        assert_eq!(n.get(b"reset").unwrap(), Some(rec(60, Some("back"))));
+        assert_eq!(n.live_keys(), 2);
+        assert_eq!(n.purge_tombstones(0, u64::MAX).unwrap(), 1);
+        assert_eq!(n.versions(0, None, 100).unwrap().len(), 2, "only the live records are left");
     }
 
     #[test]
