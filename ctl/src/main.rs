@@ -136,6 +136,23 @@ pub enum QuarantineCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Respawn a node's worker now, also one marked failed.
+    Restart { id: u32 },
+    /// Set a node's database aside and rebuild it from the replicas (shows progress).
+    Rebuild { id: u32 },
+    /// Add nodes; the keys they take over move to them (shows progress).
+    Add {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Remove a node; its keys move to the others first (shows progress).
+    Remove { id: u32 },
+    /// Replace a (failed) node with a new one that takes over exactly its ranges.
+    Replace { id: u32 },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(default_socket);

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the settings, print the effective ones, and exit.
-    CheckConfig(ConfigArgs),
+    CheckConfig(Box<ConfigArgs>),
     /// Run one worker process (chd starts these itself).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
