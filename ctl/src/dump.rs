@@ -9,9 +9,11 @@
 //! not be in it, each with a value that was current at some point during the dump.
 //!
 //! Memory stays bounded while chd serves: chctl holds one scan page (at most a few MiB of
-//! keys, whole partitions) and the values of the reads in flight, at most [`WINDOW`] of them
-//! and about [`WINDOW_BYTES`] (the window shrinks after large values), writing each value out
-//! as soon as it arrives.
+//! keys, whole partitions) and the values of the reads in flight. Sizes are not known before a
+//! value arrives, so the window is sized by the largest value seen so far: one read until the
+//! first value is in, then [`WINDOW_BYTES`] / largest, between 1 and [`WINDOW`]. A dump of
+//! large values thus keeps about [`WINDOW_BYTES`] in flight; only a key space of small values
+//! followed by large ones can briefly have [`WINDOW`] large values in flight.
 //!
 //! The chd format (`--format chd`, the default), all integers big-endian:
 //!
@@ -211,9 +213,9 @@ fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<usize>
     Ok(n)
 }
 
-/// How many reads to keep in flight after a value of `last` bytes.
-fn window_after(last: usize) -> usize {
-    (WINDOW_BYTES / last.max(1)).clamp(1, WINDOW)
+/// How many reads to keep in flight once the largest value seen is `largest` bytes.
+fn window_after(largest: usize) -> usize {
+    (WINDOW_BYTES / largest.max(1)).clamp(1, WINDOW)
 }
 
 /// `chctl dump`: writes every live key starting with `prefix` to stdout.
@@ -224,7 +226,7 @@ pub fn dump(client: &mut Client, prefix: &[u8], format: Format) -> anyhow::Resul
     }
     let mut w = Writer::new(BufWriter::with_capacity(1 << 20, stdout.lock()), format).map_err(OutputError)?;
     let mut cursor = 0;
-    let mut window = WINDOW;
+    let (mut window, mut largest) = (1, 0);
     loop {
         let request = Request::Scan { cursor, prefix: prefix.to_vec(), count: 1000 };
         let Response::Keys { keys, cursor: next } = client.call(request)? else { bail!("unexpected answer") };
@@ -251,7 +253,8 @@ pub fn dump(client: &mut Client, prefix: &[u8], format: Format) -> anyhow::Resul
                 match response.expect("answered") {
                     Response::Value(Some(v)) => {
                         w.record(&key, &v).map_err(OutputError)?;
-                        window = window_after(v.len());
+                        largest = largest.max(v.len());
+                        window = window_after(largest);
                     }
                     // Deleted since it was listed.
                     Response::Value(None) => {}

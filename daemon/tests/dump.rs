@@ -316,3 +316,32 @@ fn tombstones_are_purged_once_every_replica_has_them_and_deleted_keys_stay_delet
     let good = Command::new(common::CHD).args(["check-config", "--config", "/dev/null"]).output().unwrap();
     assert!(String::from_utf8_lossy(&good.stdout).contains("tombstone_grace = \"10d\""));
 }
+
+#[test]
+fn a_dump_of_large_values_holds_only_a_few_in_memory() {
+    let chd = Chd::start(&[]);
+    let mut c = chd.client();
+    let (count, size) = (24u8, 4usize << 20);
+    for i in 0..count {
+        let r = c.call(Request::Set { key: vec![b'L', i], value: vec![i; size] }).unwrap();
+        assert_eq!(r, Ok(Response::Done));
+    }
+    let child = Command::new(chctl_path())
+        .arg("--socket")
+        .arg(&chd.socket)
+        .arg("dump")
+        .stdout(std::fs::File::create("/dev/null").unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: wait4 on our own child, with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "chctl dump failed: {status}");
+    let peak_mib = usage.ru_maxrss as usize / 1024;
+    let total_mib = count as usize * size >> 20;
+    eprintln!("chctl dump of {total_mib} MiB peaked at {peak_mib} MiB");
+    // About 32 MiB of values in flight, plus one frame being decoded: well under the total.
+    assert!(peak_mib < 64, "chctl dump peaked at {peak_mib} MiB for {total_mib} MiB of values");
+}
