@@ -107,12 +107,16 @@ fn dump_and_restore_round_trip_into_a_fresh_chd_without_overwriting_newer_data()
     // A fresh chd, where one key was already written after the dump: it is newer and kept.
     let b = Chd::start(&[]);
     b.set("p:7", "newer");
+    // A key deleted here has no value now: the dump's value is restored.
+    b.set("p:8", "deleted later");
+    assert!(b.ctl(&["del", "p:8"]).status.success());
     let out = b.ctl(&["restore", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("restored {} keys", data.len() - 1)), "{said}");
     assert!(said.contains("kept 1 keys") && said.contains("p:7"), "{said}");
     assert_eq!(b.get("p:7").as_deref(), Some(&b"newer"[..]));
+    assert_eq!(b.get("p:8").as_deref(), Some(&b"value 8"[..]));
     let mut want = data.clone();
     want.iter_mut().find(|(k, _)| k == b"p:7").unwrap().1 = b"newer".to_vec();
     let restored = ctl_to_file(&b, &["dump"], &b.dir.path().join("dump"));
