@@ -4,11 +4,14 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::bail;
-use chd_data::proto::{Change, NodeState, PlanReport, Request, Response, RingReport, StatusReport, MAX_KEY, MAX_VALUE};
+use anyhow::{bail, Context};
+use chd_data::proto::{
+    Change, NodeState, PlanReport, QuarantineEntry, QuarantineReport, Request, Response, RingReport, StatusReport,
+    MAX_KEY, MAX_VALUE,
+};
 
 use crate::exit;
-use crate::{Command, NodeCommand, PlanKind};
+use crate::{Command, NodeCommand, PlanKind, QuarantineCommand};
 use chd_client::{CallError, Client};
 
 pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCode> {
@@ -213,6 +216,42 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                         id_list(&r.unreachable_nodes)
                     ),
                 ));
+            }
+        }
+        Command::Dump { prefix, format } => crate::dump::dump(&mut client, prefix.as_bytes(), format)?,
+        Command::Restore { file, force } => {
+            let done = match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => {
+                    let input = std::fs::File::open(&f)
+                        .map_err(|e| exit::fail(exit::OTHER, format!("cannot open {}: {e}", f.display())))?;
+                    crate::dump::restore(&mut client, std::io::BufReader::with_capacity(1 << 20, input), force)?
+                }
+                None => crate::dump::restore(&mut client, std::io::stdin().lock(), force)?,
+            };
+            outln!("restored {} keys", done.written)?;
+            if done.kept > 0 {
+                let names: Vec<String> =
+                    done.kept_examples.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+                outln!(
+                    "kept {} keys that have a value in chd now (newer than the dump), such as {}; --force overwrites them",
+                    done.kept,
+                    names.join(", ")
+                )?;
+            }
+        }
+        Command::Quarantine(q) => {
+            let (request, json) = match q {
+                QuarantineCommand::List => (Request::QuarantineList, json),
+                QuarantineCommand::Purge { older_than } => {
+                    (Request::QuarantinePurge { older_than_secs: older_than.as_secs() }, json)
+                }
+            };
+            let purge = matches!(request, Request::QuarantinePurge { .. });
+            let Response::Quarantine(r) = client.call(request)? else { bail!("unexpected answer") };
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                print_quarantine(&r, purge)?;
             }
         }
         Command::Bench(_) => unreachable!("handled above"),
@@ -486,6 +525,43 @@ fn print_status(s: &StatusReport) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn print_quarantine(r: &QuarantineReport, purge: bool) -> anyhow::Result<()> {
+    let line = |e: &QuarantineEntry, verdict: &str| {
+        outln!("{:<28} {:>10} {:>8}  {verdict}", e.name, human_bytes(e.bytes), human_age(e.age_secs))
+    };
+    if purge {
+        let freed: u64 = r.purged.iter().map(|e| e.bytes).sum();
+        outln!("deleted {} from {} ({} freed)", r.purged.len(), r.dir, human_bytes(freed))?;
+        for e in &r.purged {
+            line(e, "deleted")?;
+        }
+        for e in &r.entries {
+            line(e, &format!("kept: {}", e.unsafe_because.as_deref().unwrap_or("younger than --older-than")))?;
+        }
+        return Ok(());
+    }
+    if r.entries.is_empty() {
+        return Ok(outln!("{} is empty", r.dir)?);
+    }
+    outln!("{:<28} {:>10} {:>8}  SAFE TO DELETE", "NAME", "SIZE", "AGE")?;
+    for e in &r.entries {
+        line(
+            e,
+            &e.unsafe_because.as_ref().map_or("yes (its node is rebuilt and up)".into(), |why| format!("no: {why}")),
+        )?;
+    }
+    Ok(())
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -4,6 +4,7 @@
 mod out;
 mod bench;
 mod commands;
+mod dump;
 mod exit;
 mod progress;
 
@@ -114,6 +115,57 @@ pub enum Command {
     Repair,
     /// Measure durable writes per second, beside the disk's raw fdatasync rate.
     Bench(bench::BenchArgs),
+    /// Write every live key and its value to stdout, while chd serves: `chctl dump > FILE`.
+    ///
+    /// Keys are listed like `chctl keys` and each value is read like `chctl get` (the latest
+    /// acknowledged value when it is read). Not one snapshot across keys: keys written during
+    /// the dump may or may not be in it. Memory stays bounded whatever the key count. The chd
+    /// format (header CHD-DUMP, version, length-prefixed records, end marker) is what `chctl
+    /// restore` reads; `--format resp` writes SET commands for `redis-cli --pipe`, to move the
+    /// data into Redis or Valkey.
+    Dump {
+        /// Only keys starting with P.
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+        #[arg(long, value_enum, default_value = "chd")]
+        format: dump::Format,
+    },
+    /// Load a dump made by `chctl dump` from FILE (default: stdin) into chd.
+    ///
+    /// A key that has a value in chd now is newer than the dump and is kept as it is (the
+    /// summary counts and names such keys); keys that are absent now, including keys deleted
+    /// since the dump was taken, get the dump's value. With --force every key in the dump is
+    /// written, replacing what chd holds. A dump cut short (no end marker) is reported, exit 6,
+    /// after restoring the records before the cut.
+    Restore {
+        /// The dump file; "-" or none reads stdin.
+        file: Option<PathBuf>,
+        /// Overwrite keys that exist in chd now with the dump's (older) values.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Databases chd set aside in <data-dir>/quarantine/.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Subcommand)]
+pub enum QuarantineCommand {
+    /// Show each set-aside database: its node, size, age, and whether deleting it is safe.
+    List,
+    /// Delete set-aside databases older than D that are safe to delete; keep and explain the rest.
+    ///
+    /// chd sets a node's database aside when it fails its own checks, then rebuilds the node
+    /// from its peers; once that node is up again, the old database holds nothing the replicas
+    /// lack, and it is deleted here. A database is kept when its node is not up yet (rebuild
+    /// unfinished), when its node left the ring without its records being confirmed on the new
+    /// owners (it may be their only copy), or when chd did not name it. chd never deletes
+    /// anything there by itself.
+    Purge {
+        /// Minimum age, like 7d, 12h, 30m, 90s, or 0 for any age.
+        #[arg(long, value_name = "D", value_parser = chd_data::duration::parse)]
+        older_than: std::time::Duration,
+    },
 }
 
 /// The changes `ring --plan` can show.

@@ -57,6 +57,10 @@ pub struct ConfigArgs {
     /// `requirepass` in the config file) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub resp_listen: Option<String>,
+    /// How long a deleted key's tombstone is kept before it may be purged, like 10d or 12h
+    /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
+    #[arg(long, value_name = "D")]
+    pub tombstone_grace: Option<String>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -80,6 +84,7 @@ struct FileConfig {
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
     /// does not show in the process list.
     requirepass: Option<String>,
+    tombstone_grace: Option<String>,
 }
 
 /// How chd writes its log lines.
@@ -173,6 +178,8 @@ pub struct Settings {
     pub resp_listen: Option<std::net::SocketAddr>,
     pub resp_listen_any: bool,
     pub requirepass: Option<Secret>,
+    /// See [`crate::tombstones`].
+    pub tombstone_grace: std::time::Duration,
 }
 
 impl Settings {
@@ -234,6 +241,8 @@ impl Settings {
                 Some(addr)
             }
         };
+        let grace = args.tombstone_grace.clone().or(file.tombstone_grace).unwrap_or_else(|| "10d".into());
+        let tombstone_grace = chd_data::duration::parse(&grace).map_err(|e| anyhow::anyhow!("tombstone_grace: {e}"))?;
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
@@ -272,6 +281,7 @@ impl Settings {
             resp_listen,
             resp_listen_any,
             requirepass,
+            tombstone_grace,
         })
     }
 
@@ -335,6 +345,7 @@ impl Settings {
             ("startup_repair", self.startup_repair != new.startup_repair),
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
+            ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
         ] {
             if differs {
                 restart.push(key);
@@ -373,6 +384,7 @@ impl Settings {
             None => s += "# resp_listen: off\n",
         }
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
+        s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
         if self.requirepass.is_some() {
             s += "# requirepass: set (not shown)\n";
         }

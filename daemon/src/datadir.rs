@@ -5,8 +5,10 @@
 //!   chd.lock        flock held by the running chd (holds its pid): one chd per data dir
 //!   cluster.json    the ring (members, partition table) and the replica count
 //!   versions        ceiling of the version counter (see crate::versions)
+//!   version-clock   versions and when they were issued by (see crate::tombstones)
 //!   nodes/<id>/     each node's sled database, owned by its worker process
-//!   quarantine/     databases moved aside because they could not be opened; never deleted
+//!   quarantine/     databases moved aside because they could not be opened; deleted only on
+//!                   request (`chctl quarantine purge`, see crate::quarantine)
 //! ```
 //!
 //! Every file is replaced atomically (write to a temporary, fsync, rename, fsync the directory),

@@ -10,12 +10,14 @@ mod frame;
 mod layout;
 mod logging;
 mod membership;
+mod quarantine;
 mod repair;
 mod resp;
 mod scan;
 mod server;
 mod storage;
 mod supervisor;
+mod tombstones;
 mod versions;
 mod worker;
 

@@ -37,6 +37,12 @@ impl Versions {
         Ok(Versions { next: AtomicU64::new(start), ceiling: AtomicU64::new(ceiling), raise: Default::default(), path })
     }
 
+    /// Every version below this has been handed out (or skipped): the version clock of
+    /// [`crate::tombstones`] records it with the time.
+    pub fn issued_below(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
     pub async fn next(&self) -> anyhow::Result<u64> {
         let v = self.next.fetch_add(1, Ordering::SeqCst);
         if v < self.ceiling.load(Ordering::SeqCst) {

@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O beyond reading and writing byte buffers handed to it, so all of
 //! it is tested in microseconds.
 
+pub mod duration;
 pub mod error;
 pub mod paths;
 pub mod proto;

@@ -104,6 +104,23 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Stores `value` only if `key` holds no live value now (never written, or deleted), checked
+    /// and written under the key's lock: `chctl restore` without `--force`, which must not
+    /// overwrite data newer than its dump. Answered with [`Response::Written`].
+    SetIfAbsent {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// What `<data-dir>/quarantine/` holds. Answered with [`Response::Quarantine`].
+    QuarantineList,
+    /// Deletes the quarantined databases older than `older_than_secs` that are safe to delete
+    /// (see [`QuarantineEntry::unsafe_because`]); the others are kept and say why. Answered with
+    /// [`Response::Quarantine`], listing what was deleted and what was kept.
+    QuarantinePurge {
+        older_than_secs: u64,
+    },
 }
 
 /// A membership change.
@@ -150,7 +167,7 @@ impl Request {
         };
         match self {
             Request::Get { key } | Request::Del { key } | Request::Exists { key } => check_key(key),
-            Request::Set { key, value } => {
+            Request::Set { key, value } | Request::SetIfAbsent { key, value } => {
                 check_key(key)?;
                 if value.len() > MAX_VALUE {
                     return Err(Error::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE as u64 });
@@ -189,6 +206,37 @@ pub enum Response {
         cursor: u32,
     },
     Exists(bool),
+    /// Answer to [`Request::SetIfAbsent`]: whether the value was written (durable on W
+    /// replicas); `false` means the key had a live value, which was left as it was.
+    Written(bool),
+    /// Answer to [`Request::QuarantineList`] and [`Request::QuarantinePurge`].
+    Quarantine(QuarantineReport),
+}
+
+/// What `quarantine/` holds, or what a purge did with it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineReport {
+    pub dir: String,
+    /// Every entry (list), or the entries kept (purge).
+    pub entries: Vec<QuarantineEntry>,
+    /// Entries deleted (purge only).
+    pub purged: Vec<QuarantineEntry>,
+}
+
+/// One database set aside in `quarantine/`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// Its name in `quarantine/`, `node-<id>-<unix seconds>[.<n>]`.
+    pub name: String,
+    /// The node whose database it was, when the name says.
+    pub node: Option<NodeId>,
+    /// Bytes allocated on disk for its files.
+    pub bytes: u64,
+    /// Seconds since it was set aside.
+    pub age_secs: u64,
+    /// `None` when deleting it loses nothing (the node it came from has been rebuilt and is
+    /// up); otherwise why it may hold the only copy of some records, or is not chd's to delete.
+    pub unsafe_because: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -140,9 +140,11 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = match &request {
-            Request::Get { key } | Request::Set { key, .. } | Request::Del { key } | Request::Exists { key } => {
-                Some(server.coordinator.locks.lock(key).await)
-            }
+            Request::Get { key }
+            | Request::Set { key, .. }
+            | Request::Del { key }
+            | Request::Exists { key }
+            | Request::SetIfAbsent { key, .. } => Some(server.coordinator.locks.lock(key).await),
             _ => None,
         };
         let (server, replies) = (server.clone(), replies.clone());

@@ -32,6 +32,20 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
         Request::NodeReplace { id } => change(server, Change::Replace { id }).await,
         Request::Plan { change } => membership::dry_run(&server.cluster, change).await.map(Response::Plan),
         Request::Exists { key } => server.coordinator.read(&key).await.map(|v| Response::Exists(v.is_some())),
+        // Read and write under the key's lock (taken in `conn`): no write slips in between.
+        Request::SetIfAbsent { key, value } => match server.coordinator.read(&key).await? {
+            Some(_) => Ok(Response::Written(false)),
+            None => server.coordinator.write(&key, Some(value)).await.map(|()| Response::Written(true)),
+        },
+        Request::QuarantineList => {
+            let cluster = server.cluster.clone();
+            quarantine_call(move || crate::quarantine::list(&cluster)).await
+        }
+        Request::QuarantinePurge { older_than_secs } => {
+            let cluster = server.cluster.clone();
+            let older_than = Duration::from_secs(older_than_secs);
+            quarantine_call(move || crate::quarantine::purge(&cluster, older_than)).await
+        }
         Request::Scan { cursor, prefix, count } => {
             let partitions = server.cluster.ring().partitions();
             let mut p = cursor.min(partitions);
@@ -50,6 +64,17 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
             let slot = nodes.get(&id).ok_or(Error::NoSuchNode(id))?;
             Ok(Response::Progress(slot.progress.clone()))
         }
+    }
+}
+
+/// Runs a quarantine operation (directory walks, deletions) off the async threads.
+async fn quarantine_call(
+    op: impl FnOnce() -> std::io::Result<chd_data::proto::QuarantineReport> + Send + 'static,
+) -> Result<Response, Error> {
+    match tokio::task::spawn_blocking(op).await {
+        Ok(Ok(report)) => Ok(Response::Quarantine(report)),
+        Ok(Err(e)) => Err(Error::Internal(format!("quarantine: {e}"))),
+        Err(e) => Err(Error::Internal(format!("quarantine: {e}"))),
     }
 }
 

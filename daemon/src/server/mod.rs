@@ -141,6 +141,12 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     });
     // A change interrupted by a crash goes on; leftovers of a completed one are dropped.
     membership::resume(&cluster);
+    let versions_of = server.clone();
+    tokio::spawn(crate::tombstones::run(
+        cluster.clone(),
+        move || versions_of.coordinator.versions.issued_below(),
+        settings.tombstone_grace,
+    ));
     let startup_repair = settings.startup_repair;
     tokio::spawn(async move {
         membership::drop_unowned(&cluster).await;

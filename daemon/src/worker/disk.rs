@@ -55,7 +55,7 @@ pub fn check(free: u64, reserve: u64, writes: u64) -> Result<(), Refusal> {
 }
 
 /// Bytes a request adds to the database, or `None` if it is not subject to the space check
-/// (reads, and `DropPartition`, which frees space).
+/// (reads, and `DropPartition` and `PurgeTombstones`, which free space).
 pub fn write_bytes(req: &WorkerRequest) -> Option<u64> {
     // Per record: the 4-byte partition prefix, the record header (version, tag) and some of
     // sled's own framing.
@@ -73,6 +73,7 @@ pub fn write_bytes(req: &WorkerRequest) -> Option<u64> {
         | WorkerRequest::Versions { .. }
         | WorkerRequest::GetMany { .. }
         | WorkerRequest::DropPartition { .. }
+        | WorkerRequest::PurgeTombstones { .. }
         | WorkerRequest::Shutdown
         | WorkerRequest::PartitionStats { .. }
         | WorkerRequest::NonEmptyPartitions

@@ -518,6 +518,13 @@ fn apply<E: Engine>(node: &mut Node<E>, req: WorkerRequest, progress: &Progress)
             (R::Count(stored), true)
         }
         WorkerRequest::DropPartition { partition } => (R::Count(node.drop_partition(partition)?), true),
+        WorkerRequest::PurgeTombstones { partitions, below } => {
+            let mut purged = 0;
+            for p in partitions {
+                purged += node.purge_tombstones(p, below)?;
+            }
+            (R::Count(purged), true)
+        }
         WorkerRequest::SetIdentity { node: id, rebuild_pending } => {
             node.set_identity(id, rebuild_pending)?;
             (R::Done, true)

@@ -267,6 +267,30 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// Removes the tombstones of `partition` with a version below `below`; returns how many.
+    /// Only tombstones: a live value is never touched, whatever its version. The caller makes
+    /// sure every replica holds these tombstones, so none can be undone by an older value
+    /// copied from a replica that missed the delete ([`crate::tombstones`]).
+    pub fn purge_tombstones(&mut self, partition: u32, below: u64) -> io::Result<u64> {
+        let mut purged = 0;
+        let mut from = data_key(partition, b"");
+        let to = data_key(partition + 1, b"");
+        loop {
+            // Small batches: live inline values ride along in a scan (up to 4 KiB each).
+            let batch = self.engine.scan(&from, &to, 1024)?;
+            let Some((last, _)) = batch.last() else { return Ok(purged) };
+            from = [last.as_slice(), &[0]].concat();
+            for (k, v) in batch {
+                if let Stored::Inline(r) = decode(&v)? {
+                    if r.is_tombstone() && r.version < below {
+                        self.engine.delete(&k)?;
+                        purged += 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// Makes every earlier write durable: new value files' names first, then the engine (and so
     /// the pointers to them); only then are the files of replaced records unlinked.
     pub fn sync(&mut self) -> io::Result<()> {
@@ -323,6 +347,79 @@ mod tests {
         assert!(!n.non_empty_partitions().unwrap().contains(&p));
         assert_eq!(n.live_keys(), 99 - live_in_p);
         assert_eq!(n.get(&1u32.to_be_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn purging_removes_only_old_tombstones_of_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 1).unwrap();
+        n.put(b"old-del", &rec(5, None)).unwrap();
+        n.put(b"new-del", &rec(50, None)).unwrap();
+        n.put(b"old-live", &rec(3, Some("kept"))).unwrap();
+        n.put(b"reset", &rec(4, None)).unwrap();
+        n.put(b"reset", &rec(60, Some("back"))).unwrap();
+        assert_eq!(n.purge_tombstones(0, 10).unwrap(), 1);
+        assert_eq!(n.get(b"old-del").unwrap(), None);
+        assert_eq!(n.get(b"new-del").unwrap(), Some(rec(50, None)));
+        assert_eq!(n.get(b"old-live").unwrap(), Some(rec(3, Some("kept"))));
+        assert_eq!(n.get(b"reset").unwrap(), Some(rec(60, Some("back"))));
+        assert_eq!(n.live_keys(), 2);
+        assert_eq!(n.purge_tombstones(0, u64::MAX).unwrap(), 1);
+        assert_eq!(n.versions(0, None, 100).unwrap().len(), 2, "only the live records are left");
+    }
+
+    /// Space of a partition that moved away: its value files are unlinked at the next sync
+    /// (they hold every value over 4 KiB). sled's own file never shrinks; measured (2026-11,
+    /// `sled_reuses_space_of_dropped_partitions`): 50k records of 200 B made a 23.6 MB `db`;
+    /// dropping them all left 24.6 MB; writing 50k new ones then grew it to 30.9 MB, not 47 MB:
+    /// sled reuses about 70% of the freed space for later writes, but does not return it.
+    #[test]
+    fn dropping_a_partition_unlinks_its_value_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 4).unwrap();
+        for i in 0..40u32 {
+            n.put(&i.to_be_bytes(), &big(u64::from(i) + 1, 1)).unwrap();
+        }
+        n.sync().unwrap();
+        let p = partition_of(&7u32.to_be_bytes(), 4);
+        let in_p = (0..40u32).filter(|i| partition_of(&i.to_be_bytes(), 4) == p).count();
+        let before = n.values.bytes();
+        n.drop_partition(p).unwrap();
+        n.sync().unwrap();
+        assert_eq!(value_files(dir.path()).len(), 40 - in_p);
+        assert_eq!(before - n.values.bytes(), in_p as u64 * 100_001);
+    }
+
+    #[test]
+    #[ignore = "measurement, prints figures"]
+    fn sled_reuses_space_of_dropped_partitions() {
+        use crate::storage::sled::SledEngine;
+        let dir = tempfile::tempdir().unwrap();
+        let db_bytes = || {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(dir.path().join("db")).unwrap();
+            (m.len(), m.blocks() * 512)
+        };
+        let mut n = Node::open(SledEngine::open(dir.path()).unwrap(), dir.path(), 4).unwrap();
+        let fill = |n: &mut Node<SledEngine>, base: u32| {
+            for i in 0..50_000u32 {
+                n.put(
+                    &(base + i).to_be_bytes(),
+                    &Record { version: u64::from(base + i) + 1, value: Some(vec![1; 200]) },
+                )
+                .unwrap();
+            }
+            n.sync().unwrap();
+        };
+        fill(&mut n, 0);
+        println!("filled: db (len, allocated) = {:?}, size_on_disk {}", db_bytes(), n.size_on_disk());
+        for p in 0..4 {
+            n.drop_partition(p).unwrap();
+        }
+        n.sync().unwrap();
+        println!("all dropped: {:?}, size_on_disk {}", db_bytes(), n.size_on_disk());
+        fill(&mut n, 1_000_000);
+        println!("refilled: {:?}, size_on_disk {}", db_bytes(), n.size_on_disk());
     }
 
     #[test]

@@ -79,6 +79,13 @@ pub enum WorkerRequest {
         after: Option<Vec<u8>>,
         limit: u32,
     },
+    /// Removes the tombstones of each named partition whose version is below `below`; answered
+    /// with [`WorkerResponse::Count`] once durable. chd sends it only for partitions where every
+    /// replica holds the same records ([`crate::tombstones`]).
+    PurgeTombstones {
+        partitions: Vec<u32>,
+        below: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
