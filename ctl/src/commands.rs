@@ -12,8 +12,12 @@ use crate::{Command, NodeCommand};
 use chd_client::{CallError, Client};
 
 pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
-    if let Command::Bench(args) = command {
-        return crate::bench::run(socket, args).map(|()| ExitCode::SUCCESS);
+    match command {
+        Command::Bench(args) => return crate::bench::run(socket, args).map(|()| ExitCode::SUCCESS),
+        // Generated from the clap definition; no chd needed.
+        Command::Completions { shell } => return crate::gen::completions(shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { out } => return crate::gen::man_pages(&out).map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     let mut client = connect(socket)?;
     match command {
@@ -126,7 +130,7 @@ pub fn run(socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

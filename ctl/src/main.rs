@@ -5,6 +5,7 @@ mod out;
 mod bench;
 mod commands;
 mod exit;
+mod gen;
 mod progress;
 
 use std::io::Write;
@@ -77,6 +78,19 @@ pub enum Command {
     },
     /// Measure durable writes per second, beside the disk's raw fdatasync rate.
     Bench(bench::BenchArgs),
+    /// Print a completion script for SHELL (e.g. `chctl completions bash > /etc/bash_completion.d/chctl`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of chctl and its commands into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
