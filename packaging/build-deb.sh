@@ -30,6 +30,8 @@ grep -q '^ExecStart=/usr/bin/chd ' "$assets/chd.service" \
 
 "$bin/chd" man --out "$assets/man"
 "$bin/chctl" man --out "$assets/man"
+# Debian ships man pages gzipped; cargo-deb leaves files from the target dir as they are.
+gzip -9n "$assets"/man/*.1
 "$bin/chctl" completions bash > "$assets/completions/chctl.bash"
 "$bin/chctl" completions zsh > "$assets/completions/_chctl"
 "$bin/chctl" completions fish > "$assets/completions/chctl.fish"
