@@ -15,8 +15,18 @@
 #   - after a poweroff and a new boot of the container every key reads back, and a healthy
 #     chd is not restarted by the watchdog.
 #
+#
+# With CHD_DEB=path/chd_*.deb (from packaging/build-deb.sh) the same checks run against the
+# installed Debian package instead: the .deb is installed with apt-get inside the booted
+# container, which must create user and group chd (sysusers) and /var/lib/chd (tmpfiles),
+# install the unit in /lib/systemd/system, the binaries in /usr/bin, /etc/chd/chd.toml as a
+# conffile, man pages and completions, and enable and start nothing; then
+# `systemctl enable --now chd` starts it and every check above runs; last, `apt-get remove`
+# stops chd and keeps its data.
+#
 # Usage (as root, from anywhere):
 #   CHD_BIN=path/chd CHCTL_BIN=path/chctl bash systemd/test-nspawn.sh
+#   CHD_DEB=target/debian/chd_0.1.0-1_amd64.deb bash systemd/test-nspawn.sh
 # CHD_BIN/CHCTL_BIN default to target/release/{chd,chctl} under the repository root (the
 # parent of this script's folder). The Debian root is cached in ${WORK:-/var/tmp/chd-nspawn}/root
 # and reused by later runs (delete it to rebuild); chd's state in it is wiped on every run.
@@ -37,6 +47,12 @@ ROOT_INCLUDE=systemd,dbus     # minbase already has util-linux (runuser), passwd
 abspath() { case "$1" in /*) echo "$1";; *) echo "$PWD/$1";; esac; }
 CHD_BIN=$(abspath "${CHD_BIN:-$REPO/target/release/chd}")
 CHCTL_BIN=$(abspath "${CHCTL_BIN:-$REPO/target/release/chctl}")
+CHD_DEB=${CHD_DEB:+$(abspath "$CHD_DEB")}
+if [ -n "$CHD_DEB" ]; then
+  BINDIR=/usr/bin; UNIT_FILE=/lib/systemd/system/$UNIT.service; MODE="the Debian package"
+else
+  BINDIR=/usr/local/bin; UNIT_FILE=/etc/systemd/system/$UNIT.service; MODE="loose files"
+fi
 
 T0=$(date +%s.%N)
 ts() { date +%s.%N; }
@@ -59,8 +75,12 @@ die() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root"
-[ -x "$CHD_BIN" ] || die "CHD_BIN=$CHD_BIN is not an executable (build with: cargo build --release -p chd -p chctl)"
-[ -x "$CHCTL_BIN" ] || die "CHCTL_BIN=$CHCTL_BIN is not an executable"
+if [ -n "$CHD_DEB" ]; then
+  [ -f "$CHD_DEB" ] || die "CHD_DEB=$CHD_DEB is not a file (build with: bash packaging/build-deb.sh)"
+else
+  [ -x "$CHD_BIN" ] || die "CHD_BIN=$CHD_BIN is not an executable (build with: cargo build --release -p chd -p chctl)"
+  [ -x "$CHCTL_BIN" ] || die "CHCTL_BIN=$CHCTL_BIN is not an executable"
+fi
 for f in chd.service chd.sysusers chd.toml; do [ -f "$HERE/$f" ] || die "missing $HERE/$f"; done
 mkdir -p "$WORK"
 
@@ -91,17 +111,32 @@ for t in runuser useradd usermod; do
   [ -x "$ROOT/usr/sbin/$t" ] || [ -x "$ROOT/usr/bin/$t" ] || [ -x "$ROOT/sbin/$t" ] || die "$t missing in $ROOT"
 done
 
+# The root is reused: first remove what an earlier run in either mode left in it.
+if chroot "$ROOT" dpkg-query -W chd >/dev/null 2>&1; then chroot "$ROOT" dpkg --purge chd >/dev/null; fi
+rm -f "$ROOT"/usr/local/bin/{chd,chctl} "$ROOT/etc/systemd/system/$UNIT.service" \
+      "$ROOT/etc/systemd/system/multi-user.target.wants/$UNIT.service" "$ROOT/usr/lib/sysusers.d/chd.conf" \
+      "$ROOT/etc/chd/chd.toml" "$ROOT/var/tmp/chd.deb"
+rm -rf "$ROOT/var/lib/chd" "$ROOT/var/lib/private/chd" "$ROOT/run/chd"   # fresh state every run
+rm -rf "$ROOT/var/log/journal/"* "$ROOT/etc/systemd/system/chd.service.d"  # journal of this run only
+echo "$MACHINE" > "$ROOT/etc/hostname"
+grep -q '^alice:' "$ROOT/etc/passwd" || chroot "$ROOT" useradd -m -s /bin/sh alice
+grep -q '^mallory:' "$ROOT/etc/passwd" || chroot "$ROOT" useradd -m -s /bin/sh mallory
+if [ -n "$CHD_DEB" ]; then
+  step "copy the .deb into the root; no user chd until the package makes it"
+  cp "$CHD_DEB" "$ROOT/var/tmp/chd.deb"
+  chroot "$ROOT" userdel chd >/dev/null 2>&1 || true
+  chroot "$ROOT" groupdel chd >/dev/null 2>&1 || true
+  ! grep -q '^chd:' "$ROOT/etc/passwd" "$ROOT/etc/group" || die "could not remove user/group chd of an earlier run"
+  done_
+else
 step "install chd, chctl, unit, sysusers, config into the root; users alice (in chd) and mallory"
 install -D -m755 "$CHD_BIN" "$ROOT/usr/local/bin/chd"
 install -D -m755 "$CHCTL_BIN" "$ROOT/usr/local/bin/chctl"
 install -D -m644 "$HERE/chd.service" "$ROOT/etc/systemd/system/$UNIT.service"
 install -D -m644 "$HERE/chd.sysusers" "$ROOT/usr/lib/sysusers.d/chd.conf"
 install -D -m644 "$HERE/chd.toml" "$ROOT/etc/chd/chd.toml"
-echo "$MACHINE" > "$ROOT/etc/hostname"
 mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
 ln -sfn "/etc/systemd/system/$UNIT.service" "$ROOT/etc/systemd/system/multi-user.target.wants/$UNIT.service"
-rm -rf "$ROOT/var/lib/chd" "$ROOT/var/lib/private/chd" "$ROOT/run/chd"   # fresh state every run
-rm -rf "$ROOT/var/log/journal/"* "$ROOT/etc/systemd/system/chd.service.d"  # journal of this run only
 for b in chd chctl; do                     # every shared library must exist in the root
   libs=$(chroot "$ROOT" ldd "/usr/local/bin/$b" 2>&1 || true)
   ! grep -q 'not found' <<<"$libs" || die "$b needs libraries missing in the root (add to ROOT_INCLUDE):
@@ -114,12 +149,12 @@ else
   chroot "$ROOT" systemd-sysusers /usr/lib/sysusers.d/chd.conf
 fi
 grep -q '^chd:' "$ROOT/etc/passwd" && grep -q '^chd:' "$ROOT/etc/group" || die "sysusers did not create user+group chd"
-grep -q '^alice:' "$ROOT/etc/passwd" || chroot "$ROOT" useradd -m -s /bin/sh alice
-grep -q '^mallory:' "$ROOT/etc/passwd" || chroot "$ROOT" useradd -m -s /bin/sh mallory
 chroot "$ROOT" usermod -aG chd alice
 chroot "$ROOT" gpasswd -d mallory chd >/dev/null 2>&1 || true
 done_
+fi
 
+static_checks() {
 step "static checks on the host: systemd-analyze verify (any output fails) + security"
 out=$(systemd-analyze --root="$ROOT" verify "$UNIT.service" 2>&1) || die "verify: $out"
 [ -z "$out" ] || die "verify printed warnings: $out"
@@ -131,6 +166,8 @@ grep -E '[0-9]\.[0-9] *$' <<<"$sec" | grep -v 'Overall' | sed 's/  */ /g; s/^/  
 [ "$(echo "$EXPOSURE <= $MAX_EXPOSURE" | bc)" = 1 ] || die "exposure $EXPOSURE > $MAX_EXPOSURE"
 ok "unit: systemd-analyze verify clean; security exposure $EXPOSURE (<= $MAX_EXPOSURE)"
 done_
+}
+[ -n "$CHD_DEB" ] || static_checks
 
 # nspawn without a systemd PID 1 on the host needs --register=no --keep-unit; it then makes
 # payload/ + supervisor/ cgroups under its *own* cgroup, so give it a private one.
@@ -150,7 +187,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Run a command inside the container, with a clean environment (no host RUST_LOG, CHD_SOCKET...).
-E() { nsenter -t "$LEADER" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C "$@"; }
+E() { nsenter -t "$LEADER" -a env -i DEBIAN_FRONTEND=noninteractive PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C "$@"; }
 prop() { E systemctl show -P "$1" "$UNIT"; }
 as() { local u=$1; shift; E runuser -u "$u" -- "$@"; }
 
@@ -195,12 +232,12 @@ wait_active() {
   done
   die "$1: unit not active after $(( ${2:-300} / 10 ))s (ActiveState=$st SubState=$sub)"
 }
-# Every process running /usr/local/bin/chd in the container, as "pid ppid".
+# Every process running $BINDIR/chd in the container, as "pid ppid".
 chd_procs() {
   E sh -c 'for d in /proc/[0-9]*; do
-             [ "$(readlink "$d/exe" 2>/dev/null)" = /usr/local/bin/chd ] || continue
+             [ "$(readlink "$d/exe" 2>/dev/null)" = "$1/chd" ] || continue
              echo "${d#/proc/} $(sed -n "s/^PPid:[[:space:]]*//p" "$d/status" 2>/dev/null)"
-           done'
+           done' sh "$BINDIR"
 }
 # All chd processes are the main PID or its direct children (no orphaned workers).
 check_procs() {
@@ -224,12 +261,50 @@ $(head -5 <<<"$bad")"
 }
 
 boot
+
+if [ -n "$CHD_DEB" ]; then
+  step "apt-get install the .deb in the container: user, dirs, unit, files; nothing enabled or started"
+  t=$(ts)
+  out=$(E apt-get install -y -q --no-install-recommends /var/tmp/chd.deb 2>&1) || die "apt-get install of the .deb: $out"
+  echo "   installed in $(printf '%.1f' "$(el "$t")")s: $(E dpkg-query -W -f='${Package} ${Version} ${Architecture}' chd)"
+  E getent passwd chd >/dev/null && E getent group chd >/dev/null || die "the package did not create user and group chd"
+  echo "   user: $(E getent passwd chd)"
+  dirperm=$(E stat -c '%a %U:%G' /var/lib/chd 2>&1) || die "no /var/lib/chd after install (tmpfiles): $dirperm"
+  [ "$dirperm" = "750 chd:chd" ] || die "/var/lib/chd is '$dirperm', expected '750 chd:chd'"
+  E test -f "$UNIT_FILE" || die "no unit at $UNIT_FILE"
+  [ "$(prop FragmentPath)" = "$UNIT_FILE" ] || [ "$(E readlink -f "$(prop FragmentPath)")" = "$(E readlink -f "$UNIT_FILE")" ] \
+    || die "systemd loads chd from $(prop FragmentPath), not $UNIT_FILE"
+  grep -q "path=$BINDIR/chd " <<<"$(prop ExecStart)" || die "packaged unit does not run $BINDIR/chd: $(prop ExecStart)"
+  en=$(E systemctl is-enabled "$UNIT" 2>&1 || true)
+  [ "$en" = disabled ] || die "after install chd is '$en', expected disabled"
+  [ "$(prop ActiveState)" = inactive ] || die "the package started chd (ActiveState=$(prop ActiveState))"
+  [ -z "$(chd_procs)" ] || die "chd processes after install: $(chd_procs)"
+  E dpkg-query -W -f='${Conffiles}' chd | grep -q ' /etc/chd/chd.toml ' || die "/etc/chd/chd.toml is not a conffile"
+  files=$(E dpkg -L chd)
+  for f in /usr/bin/chd /usr/bin/chctl /usr/lib/sysusers.d/chd.conf /usr/lib/tmpfiles.d/chd.conf /etc/chd/chd.toml \
+           /usr/share/man/man1/chd.1.gz /usr/share/man/man1/chctl.1.gz /usr/share/man/man1/chctl-set.1.gz \
+           /usr/share/bash-completion/completions/chctl /usr/share/zsh/vendor-completions/_chctl \
+           /usr/share/fish/vendor_completions.d/chctl.fish; do
+    grep -qx "$f" <<<"$files" || die "the package lacks $f"
+    E test -s "$f" || die "$f is missing or empty after install"
+  done
+  E sh -c 'zcat /usr/share/man/man1/chctl.1.gz | grep -q "^\.SH SUBCOMMANDS"' || die "chctl.1.gz is not a man page with its subcommands"
+  E bash -c '. /usr/share/bash-completion/completions/chctl && complete -p chctl' >/dev/null || die "bash completion does not load"
+  E usermod -aG chd alice
+  E gpasswd -d mallory chd >/dev/null 2>&1 || true
+  ok "package installed with apt-get: user+group chd, /var/lib/chd $dirperm, unit $UNIT_FILE running $BINDIR/chd, conffile /etc/chd/chd.toml, man pages, completions; chd $en and inactive"
+  done_
+  static_checks
+  step "systemctl enable --now chd"
+  E systemctl enable --now "$UNIT" >/dev/null 2>&1 || die "systemctl enable --now chd failed"
+  done_
+fi
 step "chd active under Type=notify; socket + users"
 wait_active "first start"
 [ "$(prop Type)" = notify ] || die "unit is not Type=notify"
 [ "$(prop NRestarts)" = 0 ] || die "chd restarted $(prop NRestarts) times before the test began"
 echo "   MainPID=$(prop MainPID) User=$(prop User) Status='$(prop StatusText)' Watchdog=$(prop WatchdogUSec)"
-out=$(E systemd-analyze verify "/etc/systemd/system/$UNIT.service" 2>&1) || die "in-container verify: $out"
+out=$(E systemd-analyze verify "$UNIT_FILE" 2>&1) || die "in-container verify: $out"
 [ -z "$out" ] || die "in-container verify printed warnings: $out"
 muser=$(E stat -c %U "/proc/$(prop MainPID)") ; [ "$muser" = chd ] || die "chd runs as $muser, not chd"
 # The sandbox really applies inside the container: seccomp filter, no_new_privs, no capabilities.
@@ -271,7 +346,7 @@ done_
 # from chd, so this goes through getgrouplist), mallory is refused by chd itself.
 step "chd's own peer check (socket opened to 0666): alice allowed, mallory refused by chd"
 E mkdir -p /run/systemd/system/chd.service.d
-E sh -c 'printf "[Service]\nExecStart=\nExecStart=/usr/local/bin/chd --config /etc/chd/chd.toml --socket-mode 0666\n" > /run/systemd/system/chd.service.d/50-test-open-socket.conf'
+E sh -c 'printf "[Service]\nExecStart=\nExecStart=%s/chd --config /etc/chd/chd.toml --socket-mode 0666\n" "$1" > /run/systemd/system/chd.service.d/50-test-open-socket.conf' sh "$BINDIR"
 E systemctl daemon-reload
 E systemctl restart "$UNIT" || die "restart with --socket-mode 0666"
 wait_active "restart with --socket-mode 0666"
@@ -302,6 +377,22 @@ E journalctl -b -u "$UNIT" --no-pager | grep -E 'status=9/KILL' | tail -1 | sed 
 check_procs "after kill -9"
 check_keys "after kill -9"
 ok "kill -9: restarted (NRestarts $N0 -> $(prop NRestarts)), all $NKEYS keys back, no orphaned workers"
+done_
+
+step "systemctl kill -s KILL chd (chd and every worker at once): restarted, keys survive"
+OLD=$(prop MainPID); N0=$(prop NRestarts)
+E systemctl kill -s KILL "$UNIT" || die "systemctl kill failed"
+for _ in $(seq 300); do
+  [ "$(prop NRestarts)" -gt "$N0" ] && [ "$(prop MainPID)" != "$OLD" ] && [ "$(prop MainPID)" != 0 ] && break; sleep 0.1
+done
+[ "$(prop NRestarts)" -gt "$N0" ] || die "no restart after systemctl kill -s KILL"
+wait_active "after systemctl kill -s KILL"
+check_procs "after systemctl kill -s KILL"
+check_keys "after systemctl kill -s KILL"
+# chctl finds the service's socket without --socket or CHD_SOCKET (the packaged setup).
+as alice chctl set after-kill yes || die "chctl set without --socket failed"
+[ "$(as alice chctl get after-kill)" = yes ] || die "chctl get without --socket did not read back"
+ok "systemctl kill -s KILL: restarted (NRestarts $N0 -> $(prop NRestarts)), all $NKEYS keys back; chctl set/get without --socket"
 done_
 
 step "SIGSTOP of MainPID: WatchdogSec= trips, chd restarts, keys survive"
@@ -355,9 +446,18 @@ check_keys "after ${wd_s}s idle"
 ok "poweroff + boot: all $NKEYS keys back; chd kept alive by its own WATCHDOG=1 pings over ${wd_s}s"
 done_
 E journalctl -u "$UNIT" --no-pager -o short-monotonic > "$WORK/journal-chd.txt" 2>&1 || true
+if [ -n "$CHD_DEB" ]; then
+  step "apt-get remove chd: chd stopped, binaries and unit gone, data kept"
+  out=$(E apt-get remove -y -q chd 2>&1) || die "apt-get remove: $out"
+  [ -z "$(chd_procs)" ] || die "chd processes left after apt-get remove: $(chd_procs)"
+  ! E test -e /usr/bin/chd && ! E test -e "$UNIT_FILE" || die "binary or unit left after apt-get remove"
+  E test -f /var/lib/chd/cluster.json || die "apt-get remove deleted chd's data"
+  ok "apt-get remove: chd stopped, binaries and unit gone, /var/lib/chd kept"
+  done_
+fi
 poweroff
 
 echo
-echo "== summary: chd.service under real systemd 252 (Debian 12, PID 1 in systemd-nspawn)"
+echo "== summary: chd.service from $MODE under real systemd 252 (Debian 12, PID 1 in systemd-nspawn)"
 for s in "${SUMMARY[@]}"; do echo " - $s"; done
 echo "ALL OK (chd journal: $WORK/journal-chd.txt)"

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chd_data::proto::{
     Change, NodeState, PlanReport, QuarantineEntry, QuarantineReport, Request, Response, RingReport, StatusReport,
     MAX_KEY, MAX_VALUE,
@@ -15,8 +15,12 @@ use crate::{Command, NodeCommand, PlanKind, QuarantineCommand};
 use chd_client::{CallError, Client};
 
 pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCode> {
-    if let Command::Bench(args) = command {
-        return crate::bench::run(socket, args, json).map(|()| ExitCode::SUCCESS);
+    match command {
+        Command::Bench(args) => return crate::bench::run(socket, args, json).map(|()| ExitCode::SUCCESS),
+        // Generated from the clap definition; no chd needed.
+        Command::Completions { shell } => return crate::gen::completions(shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { out } => return crate::gen::man_pages(&out).map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     // Arguments are checked before connecting: a usage error is one whether or not chd runs.
     let plan = match &command {
@@ -254,7 +258,7 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                 print_quarantine(&r, purge)?;
             }
         }
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Bench(_) | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod dump;
 mod exit;
+mod gen;
 mod progress;
 
 use std::io::Write;
@@ -143,6 +144,19 @@ pub enum Command {
         /// Overwrite keys that exist in chd now with the dump's (older) values.
         #[arg(long)]
         force: bool,
+    },
+    /// Print a completion script for SHELL (e.g. `chctl completions bash > /etc/bash_completion.d/chctl`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of chctl and its commands into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Databases chd set aside in <data-dir>/quarantine/.
     #[command(subcommand)]

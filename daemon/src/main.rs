@@ -43,6 +43,13 @@ enum Command {
     /// Run one worker process (chd starts these itself).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// Write the man page of chd into DIR (for packaging), generated from these definitions.
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -57,6 +64,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Worker(args)) => worker::run(args),
         Some(Command::CheckConfig(args)) => check_config(&args),
+        Some(Command::Man { out }) => man_pages(&out),
         None if cli.check_config => check_config(&cli.config),
         None => serve(&cli.config),
     };
@@ -79,6 +87,15 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
         println!("# nodes, replicas and write_quorum are the existing data dir's");
     }
     Ok(())
+}
+
+/// `chd.1` and `chd-check-config.1` (hidden commands such as `worker` get none).
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))
 }
 
 fn serve(args: &ConfigArgs) -> anyhow::Result<()> {

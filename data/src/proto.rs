@@ -151,6 +151,9 @@ impl Request {
             Request::Plan { .. } => "plan",
             Request::Scan { .. } => "scan",
             Request::Exists { .. } => "exists",
+            Request::SetIfAbsent { .. } => "restore",
+            Request::QuarantineList => "quarantine list",
+            Request::QuarantinePurge { .. } => "quarantine purge",
         }
     }
 

@@ -111,7 +111,7 @@ fn frames(log: &[u8], seq: u64) -> impl Iterator<Item = &[u8]> {
 fn replay<E: Engine>(inner: &mut E, payload: &[u8]) -> io::Result<()> {
     let bad = || corrupt("write-ahead log: a frame with a valid checksum does not decode".into());
     let mut p = payload;
-    let mut take = |n: usize, p: &mut &[u8]| -> io::Result<Vec<u8>> {
+    let take = |n: usize, p: &mut &[u8]| -> io::Result<Vec<u8>> {
         if p.len() < n {
             return Err(bad());
         }
