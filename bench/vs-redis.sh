@@ -182,7 +182,7 @@ col() { # server, test, field (1 rps, 2 p50, 3 p99): the median over rounds
 
 echo
 echo "chd vs Redis: redis-benchmark over Unix sockets, -r $keys -d 100, median of $rounds interleaved rounds"
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(redis-server --version | awk '{ print $1, $2, $3 }' | tr -d 'v=')"
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(redis-server --version | awk '{ print $1, $2, $3 }' | sed 's/v=//')"
 echo "chd: R=3 W=2, 4 nodes; redis-always: appendonly yes, appendfsync always; redis-mem: no persistence"
 echo
 printf '%-12s | %-24s | %-24s | %-24s | %s\n' test "redis-mem rps p50 p99" "redis-always rps p50 p99" "chd rps p50 p99" "ratio"

@@ -10,6 +10,10 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
+/// sled's page cache per worker, in MiB. sled's own default is 1 GiB per database, so four
+/// workers could grow past 4 GiB; with 64 MiB each, chd holding 1M keys of 100 B stays well
+/// under 1 GiB resident in all (cold records are read from the kernel's page cache).
+pub const DEFAULT_CACHE_MIB: u64 = 64;
 
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigArgs {
@@ -52,6 +56,9 @@ pub struct ConfigArgs {
     /// `requirepass` in the config file) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub resp_listen: Option<String>,
+    /// Page cache of each worker's database, in MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub cache_mib: Option<u64>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -69,6 +76,7 @@ struct FileConfig {
     startup_repair: Option<bool>,
     resp_socket: Option<String>,
     resp_listen: Option<String>,
+    cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
     resp_listen_any: Option<bool>,
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
@@ -108,6 +116,8 @@ pub struct Settings {
     pub resp_listen: Option<std::net::SocketAddr>,
     pub resp_listen_any: bool,
     pub requirepass: Option<Secret>,
+    /// Page cache of each worker's database, in MiB.
+    pub cache_mib: u64,
 }
 
 impl Settings {
@@ -162,6 +172,10 @@ impl Settings {
                 Some(addr)
             }
         };
+        let cache_mib = args.cache_mib.or(file.cache_mib).unwrap_or(DEFAULT_CACHE_MIB);
+        if cache_mib == 0 || cache_mib > 1 << 20 {
+            bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
+        }
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
@@ -200,6 +214,7 @@ impl Settings {
             resp_listen,
             resp_listen_any,
             requirepass,
+            cache_mib,
         })
     }
 
@@ -224,6 +239,7 @@ impl Settings {
             ("startup_repair", self.startup_repair != new.startup_repair),
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
+            ("cache_mib", self.cache_mib != new.cache_mib),
         ] {
             if differs {
                 restart.push(key);
@@ -261,6 +277,7 @@ impl Settings {
             None => s += "# resp_listen: off\n",
         }
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
+        s += &format!("cache_mib = {}\n", self.cache_mib);
         if self.requirepass.is_some() {
             s += "# requirepass: set (not shown)\n";
         }
@@ -346,24 +363,28 @@ mod tests {
         assert!(err(|a| a.nodes = Some(0)).starts_with("nodes"));
         assert!(err(|a| a.write_quorum = Some(0)).starts_with("write_quorum"));
         assert!(err(|a| a.socket_mode = Some("rw".into())).starts_with("socket_mode"));
+        assert!(err(|a| a.cache_mib = Some(0)).starts_with("cache_mib"));
     }
 
     #[test]
     fn file_keys_apply_and_flags_override_them() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("chd.toml");
-        std::fs::write(&f, "nodes = 6\nreplicas = 2\nwrite_quorum = 1\nsocket_mode = \"0660\"\n").unwrap();
+        std::fs::write(&f, "nodes = 6\nreplicas = 2\nwrite_quorum = 1\nsocket_mode = \"0660\"\ncache_mib = 32\n")
+            .unwrap();
         let s = Settings::resolve(&args(|a| {
             a.config = Some(f.clone());
             a.write_quorum = Some(2);
         }))
         .unwrap();
         assert_eq!((s.nodes, s.replicas, s.write_quorum, s.socket_mode), (6, 2, 2, 0o660));
+        assert_eq!(s.cache_mib, 32);
+        assert_eq!(Settings::resolve(&args(|_| {})).unwrap().cache_mib, DEFAULT_CACHE_MIB);
         // The rendered settings read back as the same settings.
         std::fs::write(&f, s.render()).unwrap();
         let again = Settings::resolve(&ConfigArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
         assert_eq!(again.data_dir, s.data_dir);
-        assert_eq!((again.nodes, again.replicas, again.write_quorum), (6, 2, 2));
+        assert_eq!((again.nodes, again.replicas, again.write_quorum, again.cache_mib), (6, 2, 2, 32));
     }
 
     #[test]
