@@ -10,6 +10,10 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
+/// sled's page cache per worker, in MiB. sled's own default is 1 GiB per database, so four
+/// workers could grow past 4 GiB; with 64 MiB each, chd holding 1M keys of 100 B stays well
+/// under 1 GiB resident in all (cold records are read from the kernel's page cache).
+pub const DEFAULT_CACHE_MIB: u64 = 64;
 
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigArgs {
@@ -61,6 +65,9 @@ pub struct ConfigArgs {
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
     pub tombstone_grace: Option<String>,
+    /// Page cache of each worker's database, in MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub cache_mib: Option<u64>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -79,6 +86,7 @@ struct FileConfig {
     startup_repair: Option<bool>,
     resp_socket: Option<String>,
     resp_listen: Option<String>,
+    cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
     resp_listen_any: Option<bool>,
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
@@ -180,6 +188,8 @@ pub struct Settings {
     pub requirepass: Option<Secret>,
     /// See [`crate::tombstones`].
     pub tombstone_grace: std::time::Duration,
+    /// Page cache of each worker's database, in MiB.
+    pub cache_mib: u64,
 }
 
 impl Settings {
@@ -243,6 +253,10 @@ impl Settings {
         };
         let grace = args.tombstone_grace.clone().or(file.tombstone_grace).unwrap_or_else(|| "10d".into());
         let tombstone_grace = chd_data::duration::parse(&grace).map_err(|e| anyhow::anyhow!("tombstone_grace: {e}"))?;
+        let cache_mib = args.cache_mib.or(file.cache_mib).unwrap_or(DEFAULT_CACHE_MIB);
+        if cache_mib == 0 || cache_mib > 1 << 20 {
+            bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
+        }
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
@@ -282,6 +296,7 @@ impl Settings {
             resp_listen_any,
             requirepass,
             tombstone_grace,
+            cache_mib,
         })
     }
 
@@ -346,6 +361,7 @@ impl Settings {
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
             ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
+            ("cache_mib", self.cache_mib != new.cache_mib),
         ] {
             if differs {
                 restart.push(key);
@@ -385,6 +401,7 @@ impl Settings {
         }
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
         s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
+        s += &format!("cache_mib = {}\n", self.cache_mib);
         if self.requirepass.is_some() {
             s += "# requirepass: set (not shown)\n";
         }
@@ -470,24 +487,28 @@ mod tests {
         assert!(err(|a| a.nodes = Some(0)).starts_with("nodes"));
         assert!(err(|a| a.write_quorum = Some(0)).starts_with("write_quorum"));
         assert!(err(|a| a.socket_mode = Some("rw".into())).starts_with("socket_mode"));
+        assert!(err(|a| a.cache_mib = Some(0)).starts_with("cache_mib"));
     }
 
     #[test]
     fn file_keys_apply_and_flags_override_them() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("chd.toml");
-        std::fs::write(&f, "nodes = 6\nreplicas = 2\nwrite_quorum = 1\nsocket_mode = \"0660\"\n").unwrap();
+        std::fs::write(&f, "nodes = 6\nreplicas = 2\nwrite_quorum = 1\nsocket_mode = \"0660\"\ncache_mib = 32\n")
+            .unwrap();
         let s = Settings::resolve(&args(|a| {
             a.config = Some(f.clone());
             a.write_quorum = Some(2);
         }))
         .unwrap();
         assert_eq!((s.nodes, s.replicas, s.write_quorum, s.socket_mode), (6, 2, 2, 0o660));
+        assert_eq!(s.cache_mib, 32);
+        assert_eq!(Settings::resolve(&args(|_| {})).unwrap().cache_mib, DEFAULT_CACHE_MIB);
         // The rendered settings read back as the same settings.
         std::fs::write(&f, s.render()).unwrap();
         let again = Settings::resolve(&ConfigArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
         assert_eq!(again.data_dir, s.data_dir);
-        assert_eq!((again.nodes, again.replicas, again.write_quorum), (6, 2, 2));
+        assert_eq!((again.nodes, again.replicas, again.write_quorum, again.cache_mib), (6, 2, 2, 32));
     }
 
     #[test]

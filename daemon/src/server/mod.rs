@@ -121,7 +121,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
-    let spawner = Spawner::start()?;
+    let spawner = Spawner::start(settings.cache_mib)?;
     for id in layout.members() {
         supervisor::start_node(&cluster, &spawner, id);
     }

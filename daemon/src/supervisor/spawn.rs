@@ -50,12 +50,13 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    pub fn start() -> io::Result<Spawner> {
+    /// Starts the spawner thread. Every worker gets `cache_mib` MiB of database cache.
+    pub fn start(cache_mib: u64) -> io::Result<Spawner> {
         let exe = std::env::current_exe()?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("spawner".into()).spawn(move || {
             for job in rx {
-                let _ = job.reply.send(spawn(&exe, job.id, &job.dir, job.partitions));
+                let _ = job.reply.send(spawn(&exe, job.id, &job.dir, job.partitions, cache_mib));
             }
         })?;
         Ok(Spawner { jobs })
@@ -68,7 +69,13 @@ impl Spawner {
     }
 }
 
-fn spawn(exe: &std::path::Path, id: NodeId, dir: &std::path::Path, partitions: u32) -> io::Result<Spawned> {
+fn spawn(
+    exe: &std::path::Path,
+    id: NodeId,
+    dir: &std::path::Path,
+    partitions: u32,
+    cache_mib: u64,
+) -> io::Result<Spawned> {
     // The worker's database lives in `dir`; its name must be durable before the worker
     // acknowledges anything written there, or a power cut takes the whole node.
     crate::datadir::create_dir_durable(dir)?;
@@ -83,6 +90,8 @@ fn spawn(exe: &std::path::Path, id: NodeId, dir: &std::path::Path, partitions: u
         .arg(dir)
         .arg("--partitions")
         .arg(partitions.to_string())
+        .arg("--cache-mib")
+        .arg(cache_mib.to_string())
         .stdin(Stdio::null());
     // SAFETY: between fork and exec only async-signal-safe syscalls run here.
     unsafe {

@@ -93,6 +93,9 @@ pub struct WorkerArgs {
     /// ("disk full") unless the filesystem keeps this much free after it.
     #[arg(long, default_value_t = disk::DEFAULT_RESERVE)]
     pub disk_reserve: u64,
+    /// The database's page cache, in MiB.
+    #[arg(long, default_value_t = crate::config::DEFAULT_CACHE_MIB)]
+    pub cache_mib: u64,
 }
 
 /// What went wrong, as far as chd's reaction is concerned.

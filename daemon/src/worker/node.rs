@@ -8,20 +8,53 @@
 //! A record whose key plus value is over [`values::INLINE_MAX`] keeps its value in a file of
 //! its own and only a pointer in the engine (see [`values`] for why and for the order of
 //! writes, syncs and unlinks that keeps them crash-safe).
+//!
+//! Opening does not read the records (a node of 1M keys would take seconds). What open needs
+//! is persisted in the metadata, relying on one property of the engine: after a crash it holds
+//! a prefix of the single writer's puts and deletes, in order, and everything before the last
+//! returned `sync` (sled recovers its log up to the first missing or torn entry).
+//! - `counters` (live keys, highest version) is written by [`Node::sync`], just before the
+//!   engine's sync, and `dirty` is put before the first write after it and deleted with the
+//!   next `counters`. So `counters` is exact when `dirty` is absent. After a crash in the
+//!   middle of a batch (`dirty` present), the batch's writes may be partly there: the live-key
+//!   count is then off by at most one batch until a recount, done a slice per later sync,
+//!   makes it exact again. The live-key count is only a statistic (`chctl status`, the log),
+//!   so an approximate one for a while is acceptable; the highest version is not: it is a
+//!   floor for chd's version counter.
+//! - `version-ceiling` bounds every stored version: it is raised (by [`CEILING_STEP`] at a
+//!   time, so rarely) before any record above it is put. After a crash the node reports the
+//!   ceiling as its highest version until the recount knows the exact one; reporting too high
+//!   only makes chd skip some versions.
+//! - `file/<seq>` (its length) indexes the value files that records point to, put before the
+//!   pointer and deleted with the record that replaces it. Open checks exactly these files and
+//!   removes every other one (a crash's leftovers). An index entry whose record a crash lost is
+//!   dropped, and its file removed, when the recount finishes.
+//!
+//! A database without `counters` (one written before counters existed, or one never synced)
+//! is counted by a full scan at open, which also writes the metadata.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
 
 use chd_data::ring::partition_of;
 use chd_data::{NodeId, Record};
 
-use super::values::{self, Stored, ValueFiles};
+use super::values::{self, Stored, ValueFiles, ValueRef};
 use crate::storage::Engine;
 
 const META: [u8; 4] = [0xff; 4];
 const IDENTITY: &[u8] = b"identity";
 const REBUILD_PENDING: &[u8] = b"rebuild-pending";
+const COUNTERS: &[u8] = b"counters";
+const DIRTY: &[u8] = b"dirty";
+const VERSION_CEILING: &[u8] = b"version-ceiling";
+const FILE_INDEX: &[u8] = b"file/";
+/// How far above a new highest version the persisted ceiling is raised: one extra put per
+/// this many versions.
+pub const CEILING_STEP: u64 = 1 << 20;
+/// Records read by one step of a recount (one step per sync, a few milliseconds).
+const RECOUNT_STEP: usize = 4096;
 
 pub struct Node<E> {
     engine: E,
@@ -29,6 +62,22 @@ pub struct Node<E> {
     partitions: u32,
     live_keys: u64,
     max_version: u64,
+    /// The persisted `version-ceiling`: no stored record has a higher version.
+    version_ceiling: u64,
+    /// `dirty` is set in the engine: written since the last sync, or a recount is running.
+    dirty: bool,
+    recount: Option<Recount>,
+}
+
+/// A count of the records running alongside writes: the data keys below `cursor` have been
+/// counted, and every later write below it is applied to the count as it happens.
+struct Recount {
+    cursor: Vec<u8>,
+    live: u64,
+    /// Highest version scanned or written since the recount began.
+    max_version: u64,
+    /// Value files the counted records point to.
+    files: HashSet<u64>,
 }
 
 fn data_key(partition: u32, key: &[u8]) -> Vec<u8> {
@@ -42,6 +91,10 @@ fn meta_key(name: &[u8]) -> Vec<u8> {
     [&META[..], name].concat()
 }
 
+fn file_key(seq: u64) -> Vec<u8> {
+    [&META[..], FILE_INDEX, &seq.to_be_bytes()].concat()
+}
+
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("corrupt record: {what}"))
 }
@@ -50,31 +103,167 @@ fn decode(stored: &[u8]) -> io::Result<Stored> {
     Stored::decode(stored).ok_or_else(|| corrupt("undecodable"))
 }
 
+fn decode_u64(bytes: &[u8], what: &str) -> io::Result<u64> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| corrupt(what))?))
+}
+
+/// The change a write makes to the live-key count.
+fn live_delta(was_live: bool, is_live: bool) -> i64 {
+    i64::from(is_live) - i64::from(was_live)
+}
+
+fn apply_delta(count: &mut u64, delta: i64) {
+    *count = count.saturating_add_signed(delta);
+}
+
 impl<E: Engine> Node<E> {
-    /// Opens a node whose directory is `dir`, counting its live keys and finding its highest
-    /// version (one full scan), and removing value files no record points to.
+    /// Opens a node whose directory is `dir` from its persisted counters (see the module's
+    /// docs; a full scan only for a database that has none), and removes value files no
+    /// record points to.
     pub fn open(engine: E, dir: &Path, partitions: u32) -> io::Result<Node<E>> {
         assert!(partitions < u32::from_be_bytes(META), "partition ids collide with metadata");
         let values = ValueFiles::open(dir)?;
-        let mut node = Node { engine, values, partitions, live_keys: 0, max_version: 0 };
+        let mut node = Node {
+            engine,
+            values,
+            partitions,
+            live_keys: 0,
+            max_version: 0,
+            version_ceiling: 0,
+            dirty: false,
+            recount: None,
+        };
+        if let Some(v) = node.engine.get(&meta_key(VERSION_CEILING))? {
+            node.version_ceiling = decode_u64(&v, "version ceiling")?;
+        }
+        let Some(counters) = node.engine.get(&meta_key(COUNTERS))? else {
+            node.count_all()?;
+            return Ok(node);
+        };
+        if counters.len() != 16 {
+            return Err(corrupt("counters"));
+        }
+        node.live_keys = decode_u64(&counters[..8], "counters")?;
+        node.max_version = decode_u64(&counters[8..], "counters")?;
+        if node.engine.get(&meta_key(DIRTY))?.is_some() {
+            // A crash during a batch: part of it may be stored without being counted.
+            node.dirty = true;
+            node.max_version = node.max_version.max(node.version_ceiling);
+            node.recount = Some(Recount { cursor: data_key(0, b""), live: 0, max_version: 0, files: HashSet::new() });
+        }
+        let files = node.file_index()?;
+        node.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])?;
+        Ok(node)
+    }
+
+    /// The counters of a database that has none: one full scan, whose results (counters,
+    /// ceiling, file index) are then written and synced.
+    fn count_all(&mut self) -> io::Result<()> {
         // Value file -> its length, for every record that points to one.
         let mut files = HashMap::new();
         let mut from = Vec::new();
+        let mut records = 0u64;
         loop {
-            let batch = node.engine.scan(&from, &META, 10_000)?;
+            let batch = self.engine.scan(&from, &META, 10_000)?;
             let Some((last, _)) = batch.last() else { break };
             from = [last.as_slice(), &[0]].concat();
             for (_, v) in &batch {
                 let r = decode(v)?;
-                node.max_version = node.max_version.max(r.version());
-                node.live_keys += u64::from(!r.is_tombstone());
+                records += 1;
+                self.max_version = self.max_version.max(r.version());
+                self.live_keys += u64::from(!r.is_tombstone());
                 if let Some(f) = r.file() {
                     files.insert(f.seq, f.len);
                 }
             }
         }
-        node.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])?;
-        Ok(node)
+        let indexed = self.file_index()?;
+        let dirty = self.engine.get(&meta_key(DIRTY))?.is_some();
+        if records > 0 || dirty || !indexed.is_empty() {
+            for seq in indexed.keys().filter(|s| !files.contains_key(s)) {
+                self.engine.delete(&file_key(*seq))?;
+            }
+            for (seq, len) in &files {
+                self.engine.put(&file_key(*seq), &len.to_be_bytes())?;
+            }
+            self.raise_ceiling(self.max_version)?;
+            self.write_counters()?;
+            self.engine.sync()?;
+        }
+        self.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])
+    }
+
+    /// The `file/<seq>` index: value file -> its length.
+    fn file_index(&self) -> io::Result<HashMap<u64, u64>> {
+        let (from, to) = (meta_key(FILE_INDEX), meta_key(b"file0"));
+        let mut out = HashMap::new();
+        let mut after = from.clone();
+        loop {
+            let batch = self.engine.scan(&after, &to, 4096)?;
+            let Some((last, _)) = batch.last() else { return Ok(out) };
+            after = [last.as_slice(), &[0]].concat();
+            for (k, v) in &batch {
+                let seq = decode_u64(&k[from.len()..], "file index key")?;
+                out.insert(seq, decode_u64(v, "file index")?);
+            }
+        }
+    }
+
+    /// Writes `counters` and clears `dirty` (both take effect at the engine's next sync).
+    fn write_counters(&mut self) -> io::Result<()> {
+        let mut c = Vec::with_capacity(16);
+        c.extend_from_slice(&self.live_keys.to_be_bytes());
+        c.extend_from_slice(&self.max_version.to_be_bytes());
+        self.engine.put(&meta_key(COUNTERS), &c)?;
+        self.engine.delete(&meta_key(DIRTY))
+    }
+
+    /// Sets `dirty` before the first write after a sync.
+    fn mark_dirty(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            self.engine.put(&meta_key(DIRTY), b"1")?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Makes the persisted ceiling cover `version`, before a record of that version is put.
+    fn raise_ceiling(&mut self, version: u64) -> io::Result<()> {
+        if version > self.version_ceiling {
+            self.version_ceiling = version.saturating_add(CEILING_STEP);
+            self.engine.put(&meta_key(VERSION_CEILING), &self.version_ceiling.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// One slice of a running recount; at its end the counters are exact again, and index
+    /// entries no record points to are dropped (their files go after the sync).
+    fn recount_step(&mut self) -> io::Result<()> {
+        let Some(rc) = self.recount.as_mut() else { return Ok(()) };
+        let batch = self.engine.scan(&rc.cursor, &META, RECOUNT_STEP)?;
+        for (_, v) in &batch {
+            let r = decode(v)?;
+            rc.max_version = rc.max_version.max(r.version());
+            rc.live += u64::from(!r.is_tombstone());
+            if let Some(f) = r.file() {
+                rc.files.insert(f.seq);
+            }
+        }
+        if batch.len() == RECOUNT_STEP {
+            let (last, _) = batch.last().expect("a full batch");
+            rc.cursor = [last.as_slice(), &[0]].concat();
+            return Ok(());
+        }
+        let rc = self.recount.take().expect("running");
+        self.live_keys = rc.live;
+        self.max_version = rc.max_version;
+        for (seq, len) in self.file_index()? {
+            if !rc.files.contains(&seq) {
+                self.engine.delete(&file_key(seq))?;
+                self.values.replace_later(&ValueRef { seq, len, hash: [0; 32] });
+            }
+        }
+        Ok(())
     }
 
     pub fn identity(&self) -> io::Result<Option<NodeId>> {
@@ -133,23 +322,40 @@ impl<E: Engine> Node<E> {
         if old.as_ref().is_some_and(|o| o.version() >= record.version) {
             return Ok(false);
         }
-        match &record.value {
+        self.mark_dirty()?;
+        self.raise_ceiling(record.version)?;
+        let new_file = match &record.value {
             Some(v) if !values::is_inline(key, record) => {
                 let file = self.values.write(v)?;
+                // The index entry before the pointer: a crash between them leaves a file that
+                // is kept, never a pointer to a file that is removed.
+                self.engine.put(&file_key(file.seq), &file.len.to_be_bytes())?;
                 self.engine.put(&k, &Stored::encode_pointer(record.version, &file))?;
+                Some(file.seq)
             }
-            _ => self.engine.put(&k, &record.encode())?,
+            _ => {
+                self.engine.put(&k, &record.encode())?;
+                None
+            }
+        };
+        let old_file = old.as_ref().and_then(Stored::file);
+        if let Some(f) = &old_file {
+            self.engine.delete(&file_key(f.seq))?;
+            self.values.replace_later(f);
         }
-        if let Some(f) = old.as_ref().and_then(Stored::file) {
-            self.values.replace_later(&f);
-        }
-        let was_live = old.is_some_and(|o| !o.is_tombstone());
-        match (was_live, record.is_tombstone()) {
-            (false, false) => self.live_keys += 1,
-            (true, true) => self.live_keys -= 1,
-            _ => {}
-        }
+        let delta = live_delta(old.is_some_and(|o| !o.is_tombstone()), !record.is_tombstone());
+        apply_delta(&mut self.live_keys, delta);
         self.max_version = self.max_version.max(record.version);
+        if let Some(rc) = self.recount.as_mut() {
+            rc.max_version = rc.max_version.max(record.version);
+            if k < rc.cursor {
+                apply_delta(&mut rc.live, delta);
+                if let Some(f) = old_file {
+                    rc.files.remove(&f.seq);
+                }
+                rc.files.extend(new_file);
+            }
+        }
         Ok(true)
     }
 
@@ -255,13 +461,20 @@ impl<E: Engine> Node<E> {
             }
             for (k, v) in batch {
                 let r = decode(&v)?;
-                if !r.is_tombstone() {
-                    self.live_keys -= 1;
-                }
+                self.mark_dirty()?;
+                let delta = live_delta(!r.is_tombstone(), false);
+                apply_delta(&mut self.live_keys, delta);
                 if let Some(f) = r.file() {
+                    self.engine.delete(&file_key(f.seq))?;
                     self.values.replace_later(&f);
                 }
                 self.engine.delete(&k)?;
+                if let Some(rc) = self.recount.as_mut().filter(|rc| k < rc.cursor) {
+                    apply_delta(&mut rc.live, delta);
+                    if let Some(f) = r.file() {
+                        rc.files.remove(&f.seq);
+                    }
+                }
                 dropped += 1;
             }
         }
@@ -292,10 +505,22 @@ impl<E: Engine> Node<E> {
     }
 
     /// Makes every earlier write durable: new value files' names first, then the engine (and so
-    /// the pointers to them); only then are the files of replaced records unlinked.
+    /// the pointers to them, and the counters); only then are the files of replaced records
+    /// unlinked. A running recount takes one step here.
     pub fn sync(&mut self) -> io::Result<()> {
+        let mut clean = false;
+        if self.dirty {
+            self.recount_step()?;
+            if self.recount.is_none() {
+                self.write_counters()?;
+                clean = true;
+            }
+        }
         self.values.sync_dir()?;
         self.engine.sync()?;
+        if clean {
+            self.dirty = false;
+        }
         self.values.remove_replaced()
     }
 }
@@ -304,6 +529,7 @@ impl<E: Engine> Node<E> {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
+    use crate::storage::Entry;
 
     fn rec(version: u64, value: Option<&str>) -> Record {
         Record { version, value: value.map(|v| v.as_bytes().to_vec()) }
@@ -347,6 +573,185 @@ mod tests {
         assert!(!n.non_empty_partitions().unwrap().contains(&p));
         assert_eq!(n.live_keys(), 99 - live_in_p);
         assert_eq!(n.get(&1u32.to_be_bytes()).unwrap(), None);
+    }
+
+    /// An engine that keeps every put and delete in order, to play a crash: the engine as a
+    /// crash may leave it holds everything up to the last sync plus a prefix of what came
+    /// after (see the module's docs).
+    #[derive(Default)]
+    struct Journal {
+        now: MemoryEngine,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        synced: usize,
+        /// Data records handed out by scans (metadata excluded).
+        data_scanned: std::cell::Cell<usize>,
+    }
+
+    impl Journal {
+        fn unsynced(&self) -> usize {
+            self.ops.len() - self.synced
+        }
+        /// The engine after a crash that kept `extra` writes beyond the last sync.
+        fn crash(&self, extra: usize) -> Journal {
+            let mut j = Journal::default();
+            for (k, v) in &self.ops[..self.synced + extra] {
+                match v {
+                    Some(v) => j.put(k, v).unwrap(),
+                    None => j.delete(k).unwrap(),
+                }
+            }
+            j.synced = j.ops.len();
+            j
+        }
+    }
+
+    impl Engine for Journal {
+        fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+            self.now.get(key)
+        }
+        fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+            self.ops.push((key.to_vec(), Some(value.to_vec())));
+            self.now.put(key, value)
+        }
+        fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+            self.ops.push((key.to_vec(), None));
+            self.now.delete(key)
+        }
+        fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<Entry>> {
+            let out = self.now.scan(from, to, limit)?;
+            self.data_scanned.set(self.data_scanned.get() + out.iter().filter(|(k, _)| k[..4] != META).count());
+            Ok(out)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.synced = self.ops.len();
+            Ok(())
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.now.size_on_disk()
+        }
+    }
+
+    /// (live keys, highest version) counted from the records themselves.
+    fn truth(e: &impl Engine) -> (u64, u64) {
+        e.scan(&[], &META, usize::MAX).unwrap().iter().fold((0, 0), |(live, max), (_, v)| {
+            let r = decode(v).unwrap();
+            (live + u64::from(!r.is_tombstone()), max.max(r.version()))
+        })
+    }
+
+    #[test]
+    fn a_reopen_after_a_sync_reads_no_records_and_has_exact_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(Journal::default(), dir.path(), 8).unwrap();
+        for i in 0..2000u32 {
+            n.put(&i.to_be_bytes(), &rec(u64::from(i) + 10, Some("v"))).unwrap();
+        }
+        n.put(&5u32.to_be_bytes(), &rec(9000, None)).unwrap();
+        n.put(b"big", &big(9001, 1)).unwrap();
+        n.sync().unwrap();
+        let Node { engine, .. } = n;
+        let engine = engine.crash(0);
+        let n = Node::open(engine, dir.path(), 8).unwrap();
+        assert_eq!((n.live_keys(), n.max_version()), (2000, 9001));
+        assert_eq!(n.engine.data_scanned.get(), 0, "open read records");
+        assert_eq!(n.get(b"big").unwrap(), Some(big(9001, 1)));
+        assert_eq!(value_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_batch_gives_a_safe_version_and_exact_counts_after_a_recount() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(Journal::default(), dir.path(), 8).unwrap();
+        for i in 0..300u32 {
+            n.put(&i.to_be_bytes(), &rec(u64::from(i) + 1, Some("v"))).unwrap();
+        }
+        n.sync().unwrap();
+        // One batch: overwrites, deletes, new keys, a partition dropped, an old version refused.
+        for i in (0..300u32).step_by(7) {
+            n.put(&i.to_be_bytes(), &rec(1000 + u64::from(i), (i % 2 == 0).then_some("w"))).unwrap();
+        }
+        for i in 300..340u32 {
+            n.put(&i.to_be_bytes(), &rec(CEILING_STEP * 3 + u64::from(i), Some("new"))).unwrap();
+        }
+        n.drop_partition(partition_of(&3u32.to_be_bytes(), 8)).unwrap();
+        n.put(&4u32.to_be_bytes(), &rec(2, Some("old"))).unwrap();
+        let journal = n.engine;
+        assert!(journal.unsynced() > 100);
+        for extra in 0..=journal.unsynced() {
+            let mut n = Node::open(journal.crash(extra), dir.path(), 8).unwrap();
+            let (live, max) = truth(&n.engine);
+            assert!(n.max_version() >= max, "crash after {extra} writes: {} < {max}", n.max_version());
+            n.sync().unwrap();
+            assert_eq!((n.live_keys(), n.max_version()), (live, max), "crash after {extra} writes");
+            let engine = n.engine.crash(0);
+            let n = Node::open(engine, dir.path(), 8).unwrap();
+            assert_eq!((n.live_keys(), n.max_version()), (live, max), "reopened after the recount");
+            assert_eq!(n.engine.data_scanned.get(), 0);
+        }
+    }
+
+    #[test]
+    fn a_recount_stays_exact_under_writes_on_both_sides_of_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(Journal::default(), dir.path(), 16).unwrap();
+        let n_keys = 3 * RECOUNT_STEP as u32;
+        for i in 0..n_keys {
+            n.put(&i.to_be_bytes(), &rec(u64::from(i) + 1, Some("v"))).unwrap();
+        }
+        n.sync().unwrap();
+        n.put(&1u32.to_be_bytes(), &rec(50_000, None)).unwrap();
+        let mut n = Node::open(n.engine.crash(1), dir.path(), 16).unwrap();
+        assert!(n.recount.is_some());
+        let mut version = 100_000;
+        let mut x: u64 = 7;
+        while n.recount.is_some() {
+            for _ in 0..500 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let key = ((x >> 33) as u32 % (n_keys + 1000)).to_be_bytes();
+                version += 1;
+                n.put(&key, &rec(version, ((x >> 20) % 3 != 0).then_some("x"))).unwrap();
+            }
+            n.drop_partition((x >> 40) as u32 % 16).unwrap();
+            n.sync().unwrap();
+        }
+        let (live, max) = truth(&n.engine);
+        assert_eq!(n.live_keys(), live);
+        // The highest version written, even if a dropped partition held it.
+        assert!(n.max_version() >= max);
+        assert_eq!(n.max_version(), version);
+    }
+
+    #[test]
+    fn value_files_stay_consistent_whatever_part_of_a_batch_a_crash_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(Journal::default(), dir.path(), 4).unwrap();
+        for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
+            n.put(*k, &big(i as u64 + 1, i as u8)).unwrap();
+        }
+        n.sync().unwrap();
+        n.put(b"a", &big(10, 10)).unwrap();
+        n.put(b"b", &rec(11, Some("small now"))).unwrap();
+        n.put(b"c", &rec(12, None)).unwrap();
+        n.put(b"d", &big(13, 13)).unwrap();
+        let journal = n.engine;
+        for extra in 0..=journal.unsynced() {
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::create_dir(copy.path().join("values")).unwrap();
+            for f in value_files(dir.path()) {
+                std::fs::copy(dir.path().join("values").join(&f), copy.path().join("values").join(&f)).unwrap();
+            }
+            let mut n = Node::open(journal.crash(extra), copy.path(), 4).unwrap();
+            let large = |n: &Node<Journal>| {
+                [&b"a"[..], b"b", b"c", b"d"]
+                    .iter()
+                    .filter(|k| n.get(k).unwrap().and_then(|r| r.value).is_some_and(|v| v.len() > 4096))
+                    .count()
+            };
+            let held = large(&n);
+            n.sync().unwrap();
+            assert_eq!(value_files(copy.path()).len(), held, "crash after {extra} writes: a file leaked");
+            assert_eq!(large(&n), held);
+        }
     }
 
     #[test]
