@@ -54,9 +54,17 @@ fn io_err(e: sled::Error) -> io::Error {
 }
 
 impl SledEngine {
+    /// Opens with sled's default cache (1 GiB): for tests.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> io::Result<SledEngine> {
+        SledEngine::open_with_cache(dir, 1 << 30)
+    }
+
+    /// Opens the database in `dir` with a page cache of about `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> io::Result<SledEngine> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Our own group commit decides when data is durable; sled's timer would only add
             // background I/O.
             .flush_every_ms(None)

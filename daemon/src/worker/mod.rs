@@ -182,7 +182,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("chd worker {id}: {what} {dir}: {meaning}: {e}");
         std::process::exit(f.exit_code());
     };
-    let engine = match open_engine(&args.dir) {
+    let engine = match open_engine(&args.dir, args.cache_mib << 20) {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
@@ -200,11 +200,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
 /// Opens sled, waiting a little if the previous worker of this node is still releasing its
 /// directory lock, and the write-ahead log in front of it (which replays what the last
 /// worker logged since its last checkpoint).
-fn open_engine(dir: &std::path::Path) -> io::Result<Wal<SledEngine>> {
+fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<SledEngine>> {
     std::fs::create_dir_all(dir)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let sled = loop {
-        match SledEngine::open(dir) {
+        match SledEngine::open_with_cache(dir, cache_bytes) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
