@@ -31,13 +31,6 @@ use crate::versions::Versions;
 use crate::worker::link::{self, LinkError, WorkerLink};
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
-/// D1 hunt: with `CHD_D1_TRACE` set, every quorum write and read is logged on stderr with the
-/// nodes that acknowledged or answered and the versions they had.
-fn d1_trace() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("CHD_D1_TRACE").is_some())
-}
-
 /// How long one replica may take to answer before it is counted as failed for this request.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const LOCK_STRIPES: usize = 4096;
@@ -126,10 +119,6 @@ impl Coordinator {
             return Err(Error::Unavailable { needed: need as u32, got: answers.len() as u32 });
         }
         let version_of = |r: &Option<Record>| r.as_ref().map_or(0, |r| r.version);
-        if d1_trace() {
-            let seen: Vec<(NodeId, u64)> = answers.iter().map(|(id, r)| (*id, version_of(r))).collect();
-            eprintln!("D1 read {} answers {seen:?} read_set {:?}", String::from_utf8_lossy(key), placement.read);
-        }
         let newest = answers.iter().map(|(_, r)| r).max_by_key(|r| version_of(r)).cloned().flatten();
         let Some(newest) = newest else { return Ok(None) };
         let holders: Vec<NodeId> =
@@ -178,14 +167,6 @@ impl Coordinator {
                 Ok((id, Ok(WorkerResponse::Stored(_)))) => {
                     have.push(id);
                     if weakest(&have) >= w {
-                        if d1_trace() {
-                            eprintln!(
-                                "D1 durable {} v{} acked {have:?} sets {:?}",
-                                String::from_utf8_lossy(key),
-                                record.version,
-                                placement.write_sets
-                            );
-                        }
                         // The other replicas still get the write; chd only stops waiting for them.
                         calls.detach_all();
                         return Ok(());
