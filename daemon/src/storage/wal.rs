@@ -23,6 +23,12 @@
 //! made durable. Writes the engine kept that are in no synced frame may be undone; none of
 //! them was acknowledged, since a worker replies only after `sync`.
 //!
+//! Each checkpoint also stores its new segment number in the engine itself (key
+//! [`CHECKPOINT_KEY`]) before the engine's sync. On open, an engine holding a smaller number
+//! than `wal-seq` lost writes a checkpoint had made durable (sled 0.34 opens a log with a
+//! corrupt block in it without an error, cutting it there): replaying the log would hide that,
+//! so the database is refused as damaged (`InvalidData`) and chd rebuilds the node.
+//!
 //! Frame: `len: u32 LE | seq: u64 LE | check: first 8 bytes of blake3(seq | len | payload) |
 //! payload`; `len == 0` marks the end. Payload: operations, each `1 | klen u32 | vlen u32 |
 //! key | value` (put) or `2 | klen u32 | key` (delete).
@@ -37,6 +43,9 @@ use super::{Engine, Entry};
 /// Size of the log file. A checkpoint comes every this many bytes of log.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 const HEADER: usize = 4 + 8 + 8;
+/// Where a checkpoint records its segment number in the engine: above every key the node
+/// layer uses (its metadata lives under `ff ff ff ff` followed by ASCII names).
+pub const CHECKPOINT_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-checkpoint";
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -166,6 +175,15 @@ impl<E: Engine> Wal<E> {
         };
         let size = file.metadata()?.len();
         if let Some(seq) = seq {
+            let stored = match inner.get(CHECKPOINT_KEY)? {
+                Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| corrupt("wal checkpoint record".into()))?),
+                None => 0,
+            };
+            if stored < seq {
+                return Err(corrupt(format!(
+                    "the database lost writes made durable at checkpoint {seq} (it holds checkpoint {stored})"
+                )));
+            }
             let mut log = Vec::new();
             io::Read::read_to_end(&mut &file, &mut log)?;
             for payload in frames(&log, seq) {
@@ -190,6 +208,7 @@ impl<E: Engine> Wal<E> {
 
     /// Makes the engine durable, then starts a new segment at the start of the file.
     fn checkpoint(&mut self) -> io::Result<()> {
+        self.inner.put(CHECKPOINT_KEY, &(self.seq + 1).to_le_bytes())?;
         self.inner.sync()?;
         write_atomic(&self.dir, "wal-seq", (self.seq + 1).to_string().as_bytes())?;
         self.seq += 1;
@@ -373,6 +392,28 @@ mod tests {
         assert_eq!(wal.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(wal.get(b"b").unwrap(), None);
         assert_eq!(wal.get(b"c").unwrap(), None, "a frame after a bad one was replayed");
+    }
+
+    #[test]
+    fn an_engine_that_lost_a_checkpoint_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let before = engine.durable.lock().unwrap().clone();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        // The engine comes back as it was before the checkpoint that `open` made.
+        *engine.durable.lock().unwrap() = before;
+        let err = Wal::open(engine.crash(), dir.path()).err().expect("must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // Reopening an intact one works, again and again.
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        for _ in 0..3 {
+            let wal = Wal::open(engine.crash(), dir.path()).unwrap();
+            drop(wal);
+        }
     }
 
     #[test]
