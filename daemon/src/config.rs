@@ -14,6 +14,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
 /// workers could grow past 4 GiB; with 64 MiB each, chd holding 1M keys of 100 B stays well
 /// under 1 GiB resident in all (cold records are read from the kernel's page cache).
 pub const DEFAULT_CACHE_MIB: u64 = 64;
+/// chd's cache of current values ([`crate::cache`]): 256 MiB holds about a million keys of
+/// 100 bytes, so a working set of that size is read from memory.
+pub const DEFAULT_READ_CACHE_MIB: u64 = 256;
 
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConfigArgs {
@@ -68,6 +71,10 @@ pub struct ConfigArgs {
     /// Page cache of each worker's database, in MiB [default: 64].
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
+    /// chd's cache of the current values of recently used keys, in MiB; 0 turns it off
+    /// [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub read_cache_mib: Option<u64>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -87,6 +94,7 @@ struct FileConfig {
     resp_socket: Option<String>,
     resp_listen: Option<String>,
     cache_mib: Option<u64>,
+    read_cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
     resp_listen_any: Option<bool>,
     /// The password RESP clients give with AUTH (required on TCP). In the file only, so that it
@@ -190,6 +198,8 @@ pub struct Settings {
     pub tombstone_grace: std::time::Duration,
     /// Page cache of each worker's database, in MiB.
     pub cache_mib: u64,
+    /// chd's cache of current values, in MiB (0: off).
+    pub read_cache_mib: u64,
 }
 
 impl Settings {
@@ -257,6 +267,10 @@ impl Settings {
         if cache_mib == 0 || cache_mib > 1 << 20 {
             bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
         }
+        let read_cache_mib = args.read_cache_mib.or(file.read_cache_mib).unwrap_or(DEFAULT_READ_CACHE_MIB);
+        if read_cache_mib > 1 << 20 {
+            bail!("read_cache_mib: {read_cache_mib} is over 1048576 (MiB)");
+        }
         if resp_socket.as_ref() == Some(&socket) {
             bail!("resp_socket: must differ from socket");
         }
@@ -297,6 +311,7 @@ impl Settings {
             requirepass,
             tombstone_grace,
             cache_mib,
+            read_cache_mib,
         })
     }
 
@@ -362,6 +377,7 @@ impl Settings {
             ("resp_listen", self.resp_listen != new.resp_listen),
             ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
             ("cache_mib", self.cache_mib != new.cache_mib),
+            ("read_cache_mib", self.read_cache_mib != new.read_cache_mib),
         ] {
             if differs {
                 restart.push(key);
@@ -402,6 +418,7 @@ impl Settings {
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
         s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
         s += &format!("cache_mib = {}\n", self.cache_mib);
+        s += &format!("read_cache_mib = {}\n", self.read_cache_mib);
         if self.requirepass.is_some() {
             s += "# requirepass: set (not shown)\n";
         }

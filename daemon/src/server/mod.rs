@@ -37,8 +37,6 @@ pub struct Server {
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// Clients served at once; more are refused (closed) rather than queued without bound.
 const MAX_CONNECTIONS: usize = 1024;
-/// Memory for the cache of current values ([`crate::cache`]).
-const READ_CACHE_BYTES: usize = 64 << 20;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,7 +133,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
             cluster: cluster.clone(),
             versions,
             locks: KeyLocks::default(),
-            cache: ValueCache::new(READ_CACHE_BYTES),
+            cache: ValueCache::new((settings.read_cache_mib as usize) << 20),
         },
         spawner,
     });
