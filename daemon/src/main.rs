@@ -107,6 +107,10 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
 fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     let set_log_level = logging::init(&settings.log_level, settings.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: chd's own work per request is a few microseconds, and on a host whose cores
+    // also run the workers, a second runtime thread cost more in wake-ups between threads than
+    // it gave (measured: 25% less CPU per durable SET in chd). Nothing in chd blocks a task for
+    // long: workers are spawned from their own thread and all node I/O is in the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(server::run(settings, server::Reload { args: args.clone(), set_log_level }))
 }
