@@ -208,7 +208,9 @@ pub struct Api {
 impl Api {
     fn new(name: &'static str, commands: impl Iterator<Item = &'static str>) -> Api {
         let commands = commands
-            .map(|c| (c, Command { outcomes: [const { AtomicU64::new(0) }; OUTCOMES.len()], latency: Histogram::new() }))
+            .map(|c| {
+                (c, Command { outcomes: [const { AtomicU64::new(0) }; OUTCOMES.len()], latency: Histogram::new() })
+            })
             .collect();
         Api { name, commands, bytes_in: AtomicU64::new(0), bytes_out: AtomicU64::new(0) }
     }

@@ -247,7 +247,7 @@ pub struct CommandStats {
     pub command: String,
     /// Requests per outcome (`ok`, `error`, or a chd error kind such as `unavailable`); only
     /// outcomes that happened.
-    pub outcomes: Vec<(String, u64)>,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
     /// Time from arrival to answer, in microseconds.
     pub latency_us: HistogramReport,
 }
