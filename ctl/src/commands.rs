@@ -517,7 +517,7 @@ fn print_stats(r: &StatsReport) -> anyhow::Result<()> {
         "COMMAND",
         "REQUESTS",
         "ERRORS",
-        "",
+        "ERROR_KINDS",
         "P50",
         "P99",
         "P999"

@@ -278,19 +278,20 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Writes one histogram's `_bucket` (cumulative), `_sum` and `_count` lines. `scale` turns
-/// recorded units into the metric's (1e-6 for microseconds to seconds).
-fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramReport, scale: f64) {
+/// Writes one histogram's `_bucket` (cumulative), `_sum` and `_count` lines. Recorded values
+/// are divided by `per_unit` (1e6 for microseconds to seconds; a division, unlike a product
+/// with 1e-6, prints 48944 us as 0.048944 and not 0.048943999999999994).
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramReport, per_unit: f64) {
     let sep = if labels.is_empty() { "" } else { "," };
     let mut cumulative = 0;
     for (i, n) in h.buckets.iter().enumerate() {
         cumulative += n;
         if let Some(b) = upper_bound(i) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}", b as f64 * scale);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}", b as f64 / per_unit);
         }
     }
     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum as f64 / per_unit);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
@@ -315,7 +316,7 @@ pub fn prometheus(r: &StatsReport) -> String {
     let _ = writeln!(o, "# TYPE chd_request_duration_seconds histogram");
     for c in &r.requests {
         let labels = format!("api=\"{}\",command=\"{}\"", label(&c.api), label(&c.command));
-        histogram(o, "chd_request_duration_seconds", &labels, &c.latency_us, 1e-6);
+        histogram(o, "chd_request_duration_seconds", &labels, &c.latency_us, 1e6);
     }
     for (name, help, get) in [
         ("chd_received_bytes_total", "Bytes read from clients.", (|a: &ApiStats| a.bytes_in) as fn(&ApiStats) -> u64),
@@ -345,7 +346,7 @@ pub fn prometheus(r: &StatsReport) -> String {
     );
     let _ = writeln!(o, "# TYPE chd_node_fsync_seconds histogram");
     for n in r.nodes.iter().filter(|n| n.reachable) {
-        histogram(o, "chd_node_fsync_seconds", &format!("node=\"{}\"", n.id), &n.sync_us, 1e-6);
+        histogram(o, "chd_node_fsync_seconds", &format!("node=\"{}\"", n.id), &n.sync_us, 1e6);
     }
     let _ = writeln!(o, "# HELP chd_node_batch_size Writes per group-commit batch (since the node's worker started).");
     let _ = writeln!(o, "# TYPE chd_node_batch_size histogram");
@@ -445,6 +446,7 @@ mod tests {
         assert!(text.contains("chd_request_duration_seconds_bucket{api=\"chd\",command=\"get\",le=\"0.000008\"} 2\n"));
         assert!(text.contains("chd_request_duration_seconds_bucket{api=\"chd\",command=\"get\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("chd_request_duration_seconds_count{api=\"chd\",command=\"get\"} 3\n"));
+        assert!(text.contains("chd_request_duration_seconds_sum{api=\"chd\",command=\"get\"} 0.000108\n"), "{text}");
         assert!(text.contains("chd_cache_hits_total 7\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name and value");
