@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use chd_data::proto::{
-    Change, NodeState, PlanReport, QuarantineEntry, QuarantineReport, Request, Response, RingReport, StatusReport,
-    MAX_KEY, MAX_VALUE,
+    Change, NodeState, PlanReport, QuarantineEntry, QuarantineReport, Request, Response, RingReport, StatsReport,
+    StatusReport, MAX_KEY, MAX_VALUE,
 };
 
 use crate::exit;
@@ -193,6 +193,14 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
         Command::Node(NodeCommand::Add { count }) => change(&mut client, Request::NodeAdd { count }, json)?,
         Command::Node(NodeCommand::Remove { id }) => change(&mut client, Request::NodeRemove { id }, json)?,
         Command::Node(NodeCommand::Replace { id }) => change(&mut client, Request::NodeReplace { id }, json)?,
+        Command::Stats => {
+            let Response::Stats(r) = client.call(Request::Stats)? else { bail!("unexpected answer") };
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                print_stats(&r)?;
+            }
+        }
         Command::Repair => {
             let Response::Repair(r) = client.call(Request::Repair)? else { bail!("unexpected answer") };
             if json {
@@ -488,6 +496,85 @@ fn print_ring(r: &RingReport) -> anyhow::Result<()> {
         r.replicas,
         u64::from(r.replicas) * 100
     )?;
+    Ok(())
+}
+
+/// A latency percentile, which is the upper bound of a log2 bucket: "<=" says so.
+fn micros_text(us: u64) -> String {
+    match us {
+        0 => "-".into(),
+        1..1000 => format!("<={us}us"),
+        1000..1_000_000 => format!("<={:.1}ms", us as f64 / 1e3),
+        _ => format!("<={:.1}s", us as f64 / 1e6),
+    }
+}
+
+fn print_stats(r: &StatsReport) -> anyhow::Result<()> {
+    outln!("chd up {}; counted since it started", human_age(r.uptime_ms / 1000))?;
+    outln!(
+        "{:<5} {:<16} {:>10} {:>8}  {:<14} {:>10} {:>10} {:>10}",
+        "API",
+        "COMMAND",
+        "REQUESTS",
+        "ERRORS",
+        "ERROR_KINDS",
+        "P50",
+        "P99",
+        "P999"
+    )?;
+    for c in &r.requests {
+        let errors: u64 = c.outcomes.iter().filter(|(o, _)| *o != "ok").map(|(_, n)| n).sum();
+        let kinds: Vec<&str> = c.outcomes.keys().filter(|o| *o != "ok").map(String::as_str).collect();
+        outln!(
+            "{:<5} {:<16} {:>10} {:>8}  {:<14} {:>10} {:>10} {:>10}",
+            c.api,
+            c.command,
+            c.latency_us.count,
+            errors,
+            kinds.join(","),
+            micros_text(c.latency_us.p50),
+            micros_text(c.latency_us.p99),
+            micros_text(c.latency_us.p999)
+        )?;
+    }
+    for a in &r.apis {
+        outln!("{}: {} in, {} out", a.api, human_bytes(a.bytes_in), human_bytes(a.bytes_out))?;
+    }
+    let lookups = r.cache_hits + r.cache_misses;
+    let rate = if lookups == 0 { 0.0 } else { 100.0 * r.cache_hits as f64 / lookups as f64 };
+    outln!("value cache: {} hits, {} misses ({rate:.1}% hits)", r.cache_hits, r.cache_misses)?;
+    outln!("repairs: {} ({} keys copied); rebuilds: {}", r.repairs, r.repaired_keys, r.rebuilds)?;
+    outln!(
+        "{:>4} {:>10} {:>10} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "NODE",
+        "KEYS",
+        "BYTES",
+        "BATCHES",
+        "WRITES/BATCH",
+        "SYNC_P50",
+        "SYNC_P99",
+        "SYNC_P999"
+    )?;
+    for n in &r.nodes {
+        if !n.reachable {
+            outln!("{:>4} {:>10}", n.id, "(no answer)")?;
+            continue;
+        }
+        let b = &n.batch_size;
+        let mean = if b.count == 0 { 0.0 } else { b.sum as f64 / b.count as f64 };
+        outln!(
+            "{:>4} {:>10} {:>10} {:>9} {:>12.1} {:>10} {:>10} {:>10}",
+            n.id,
+            n.keys.unwrap_or(0),
+            human_bytes(n.bytes.unwrap_or(0)),
+            b.count,
+            mean,
+            micros_text(n.sync_us.p50),
+            micros_text(n.sync_us.p99),
+            micros_text(n.sync_us.p999)
+        )?;
+    }
+    outln!("BATCHES and SYNC_*: group commits since the node's worker last started.")?;
     Ok(())
 }
 

@@ -111,6 +111,10 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Counters since chd started: requests by command and outcome with latency percentiles,
+    /// bytes in and out, each node's keys, bytes, group-commit batch sizes and sync latency,
+    /// value-cache hits, repairs and rebuilds. Percentiles are bucket bounds ("<=").
+    Stats,
     /// Compare every replica set and copy what differs; report what was found and fixed. Exits
     /// 5 if a node is failed or was not reachable (its replicas were not checked).
     Repair,

@@ -19,8 +19,12 @@
 //!
 //! Memory is bounded by bytes (keys plus values plus a fixed overhead per entry). Eviction is
 //! CLOCK (second chance): cheap to keep up on every hit, close to LRU for hot keys.
+//!
+//! Hits and misses are counted with relaxed atomics for `chctl stats`; a read that first tries
+//! the cache without waiting and then takes the full read path counts one miss, not two.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes an entry costs beyond its key and value (map slot, queue slot, Arcs).
@@ -33,6 +37,8 @@ pub type Value = Option<Arc<[u8]>>;
 pub struct ValueCache {
     inner: Mutex<Inner>,
     max_bytes: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -57,18 +63,43 @@ fn cost(key: &[u8], value: &Value) -> usize {
 impl ValueCache {
     /// A cache of at most `max_bytes`; 0 turns it off.
     pub fn new(max_bytes: usize) -> ValueCache {
-        ValueCache { inner: Mutex::default(), max_bytes }
+        ValueCache { inner: Mutex::default(), max_bytes, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     /// The cached current value of `key`, if the key is cached. The caller holds the key's lock.
     pub fn get(&self, key: &[u8]) -> Option<Value> {
+        self.find(key, true)
+    }
+
+    /// Like [`ValueCache::get`], but a miss is not counted: for a caller that goes on to a read
+    /// which asks again (and counts it then).
+    pub fn get_before_read(&self, key: &[u8]) -> Option<Value> {
+        self.find(key, false)
+    }
+
+    fn find(&self, key: &[u8], count_miss: bool) -> Option<Value> {
         if self.max_bytes == 0 {
             return None;
         }
-        let mut inner = self.inner.lock().expect("cache lock");
-        let e = inner.map.get_mut(key)?;
-        e.referenced = true;
-        Some(e.value.clone())
+        let found = {
+            let mut inner = self.inner.lock().expect("cache lock");
+            inner.map.get_mut(key).map(|e| {
+                e.referenced = true;
+                e.value.clone()
+            })
+        };
+        match found {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None if count_miss => self.misses.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        found
+    }
+
+    /// Reads answered from the cache, and reads that asked it in vain, since chd started (0
+    /// and 0 while the cache is off).
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
     /// Records `value` as the current value of `key`. The caller holds the key's lock and has
@@ -198,6 +229,17 @@ mod tests {
         c.put(b"k", Some(vec![0u8; 1 << 17].into()));
         assert_eq!(c.get(b"k"), None, "a stale small value would be returned");
         assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn hits_and_misses_are_counted_once_per_read() {
+        let c = ValueCache::new(1 << 20);
+        assert_eq!(c.get(b"k"), None);
+        assert_eq!(c.get_before_read(b"k"), None, "a miss followed by a read is counted by the read");
+        c.put(b"k", v("1"));
+        assert_eq!(c.get(b"k"), Some(v("1")));
+        assert_eq!(c.get_before_read(b"k"), Some(v("1")));
+        assert_eq!(c.hits_and_misses(), (2, 1));
     }
 
     #[test]

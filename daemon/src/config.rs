@@ -64,6 +64,10 @@ pub struct ConfigArgs {
     /// `requirepass` in the config file) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub resp_listen: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) over HTTP on this loopback address, e.g.
+    /// 127.0.0.1:9646 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// How long a deleted key's tombstone is kept before it may be purged, like 10d or 12h
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
@@ -93,6 +97,7 @@ struct FileConfig {
     startup_repair: Option<bool>,
     resp_socket: Option<String>,
     resp_listen: Option<String>,
+    metrics_listen: Option<String>,
     cache_mib: Option<u64>,
     read_cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
@@ -194,6 +199,8 @@ pub struct Settings {
     pub resp_listen: Option<std::net::SocketAddr>,
     pub resp_listen_any: bool,
     pub requirepass: Option<Secret>,
+    /// The Prometheus endpoint's address (loopback only), if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// See [`crate::tombstones`].
     pub tombstone_grace: std::time::Duration,
     /// Page cache of each worker's database, in MiB.
@@ -261,6 +268,20 @@ impl Settings {
                 Some(addr)
             }
         };
+        let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+            None => None,
+            Some(a) if a == "none" => None,
+            Some(a) => {
+                let addr: std::net::SocketAddr = a
+                    .parse()
+                    .with_context(|| format!("metrics_listen: {a:?} is not an address like 127.0.0.1:9646"))?;
+                // The endpoint has no authentication: only this host's users may reach it.
+                if !addr.ip().is_loopback() {
+                    bail!("metrics_listen: {addr} is not a loopback address; metrics are served on loopback only");
+                }
+                Some(addr)
+            }
+        };
         let grace = args.tombstone_grace.clone().or(file.tombstone_grace).unwrap_or_else(|| "10d".into());
         let tombstone_grace = chd_data::duration::parse(&grace).map_err(|e| anyhow::anyhow!("tombstone_grace: {e}"))?;
         let cache_mib = args.cache_mib.or(file.cache_mib).unwrap_or(DEFAULT_CACHE_MIB);
@@ -309,6 +330,7 @@ impl Settings {
             resp_listen,
             resp_listen_any,
             requirepass,
+            metrics_listen,
             tombstone_grace,
             cache_mib,
             read_cache_mib,
@@ -375,6 +397,7 @@ impl Settings {
             ("startup_repair", self.startup_repair != new.startup_repair),
             ("resp_socket", self.resp_socket != new.resp_socket),
             ("resp_listen", self.resp_listen != new.resp_listen),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
             ("cache_mib", self.cache_mib != new.cache_mib),
             ("read_cache_mib", self.read_cache_mib != new.read_cache_mib),
@@ -416,6 +439,10 @@ impl Settings {
             None => s += "# resp_listen: off\n",
         }
         s += &format!("resp_listen_any = {}\n", self.resp_listen_any);
+        match &self.metrics_listen {
+            Some(a) => s += &format!("metrics_listen = \"{a}\"\n"),
+            None => s += "# metrics_listen: off\n",
+        }
         s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
         s += &format!("cache_mib = {}\n", self.cache_mib);
         s += &format!("read_cache_mib = {}\n", self.read_cache_mib);
@@ -559,6 +586,21 @@ mod tests {
         std::fs::write(&f, "requirepass = \"s3cr3t-Zq9\"\nresp_listen_any = true\n").unwrap();
         assert!(with("0.0.0.0:6379").is_ok());
         assert!(!with("127.0.0.1:1").unwrap().render().contains("s3cr3t-Zq9"));
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_loopback_only() {
+        assert_eq!(Settings::resolve(&args(|_| {})).unwrap().metrics_listen, None);
+        let s = Settings::resolve(&args(|a| a.metrics_listen = Some("127.0.0.1:9646".into()))).unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9646".parse().unwrap()));
+        assert!(s.render().contains("metrics_listen = \"127.0.0.1:9646\""));
+        assert!(Settings::resolve(&args(|a| a.metrics_listen = Some("[::1]:9646".into()))).is_ok());
+        for bad in ["0.0.0.0:9646", "192.168.1.1:9646"] {
+            let e = Settings::resolve(&args(|a| a.metrics_listen = Some(bad.into()))).unwrap_err().to_string();
+            assert!(e.contains("loopback"), "{e}");
+        }
+        let e = Settings::resolve(&args(|a| a.metrics_listen = Some("localhost".into()))).unwrap_err().to_string();
+        assert!(e.starts_with("metrics_listen"), "{e}");
     }
 
     #[test]

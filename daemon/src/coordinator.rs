@@ -105,7 +105,7 @@ impl Coordinator {
     /// The current value of `key` if chd has it in memory: no I/O, no waiting. Caller holds
     /// the key's lock.
     pub fn cached(&self, key: &[u8]) -> Option<crate::cache::Value> {
-        self.cache.get(key)
+        self.cache.get_before_read(key)
     }
 
     /// The latest acknowledged value of `key`. Caller holds the key's lock.

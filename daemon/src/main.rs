@@ -16,6 +16,7 @@ mod frame;
 mod layout;
 mod logging;
 mod membership;
+mod metrics;
 mod quarantine;
 mod repair;
 mod resp;

@@ -121,6 +121,8 @@ pub enum Request {
     QuarantinePurge {
         older_than_secs: u64,
     },
+    /// Counters and latency histograms since chd started. Answered with [`Response::Stats`].
+    Stats,
 }
 
 /// A membership change.
@@ -154,6 +156,7 @@ impl Request {
             Request::SetIfAbsent { .. } => "restore",
             Request::QuarantineList => "quarantine list",
             Request::QuarantinePurge { .. } => "quarantine purge",
+            Request::Stats => "stats",
         }
     }
 
@@ -214,6 +217,72 @@ pub enum Response {
     Written(bool),
     /// Answer to [`Request::QuarantineList`] and [`Request::QuarantinePurge`].
     Quarantine(QuarantineReport),
+    /// Answer to [`Request::Stats`].
+    Stats(StatsReport),
+}
+
+/// What chd has counted since it started (`chctl stats`; the same numbers as the Prometheus
+/// endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub uptime_ms: u64,
+    /// Commands used at least once, per front end (`chd`: chd's socket; `resp`).
+    pub requests: Vec<CommandStats>,
+    /// Bytes read from and written to clients, per front end.
+    pub apis: Vec<ApiStats>,
+    pub nodes: Vec<NodeMetrics>,
+    /// Reads answered from chd's value cache, and those that were not.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Repairs of every partition finished, and keys they copied.
+    pub repairs: u64,
+    pub repaired_keys: u64,
+    /// Node rebuilds finished.
+    pub rebuilds: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandStats {
+    pub api: String,
+    pub command: String,
+    /// Requests per outcome (`ok`, `error`, or a chd error kind such as `unavailable`); only
+    /// outcomes that happened.
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Time from arrival to answer, in microseconds.
+    pub latency_us: HistogramReport,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiStats {
+    pub api: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One node's figures. Batch and sync histograms count since the node's worker last started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    pub id: NodeId,
+    /// Whether the worker answered; if not, the rest is empty.
+    pub reachable: bool,
+    pub keys: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Writes per group-commit batch.
+    pub batch_size: HistogramReport,
+    /// Time to make one batch durable (value files, engine flush, fdatasync), in microseconds.
+    pub sync_us: HistogramReport,
+}
+
+/// A log2 histogram: `buckets[i]` counts values in (2^(i-1), 2^i], bucket 0 counts 0 and 1,
+/// the last one everything larger. Percentiles are the upper bound of their bucket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramReport {
+    pub count: u64,
+    pub sum: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub buckets: Vec<u64>,
 }
 
 /// What `quarantine/` holds, or what a purge did with it.

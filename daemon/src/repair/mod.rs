@@ -167,6 +167,8 @@ pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> 
     }
     unreachable.sort_unstable();
     report.unreachable_nodes = unreachable;
+    crate::metrics::REPAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::REPAIRED_KEYS.fetch_add(report.keys_repaired, std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
 

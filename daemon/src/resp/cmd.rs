@@ -315,7 +315,12 @@ const REFUSED: &[&str] = &[
 ];
 
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+    index_of(name).map(|i| &COMMANDS[i])
+}
+
+/// The position of a command in [`COMMANDS`] (its metrics slot).
+pub fn index_of(name: &[u8]) -> Option<usize> {
+    COMMANDS.iter().position(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 pub fn refused(name: &[u8]) -> Option<Reply> {

@@ -19,6 +19,7 @@ use super::cmd::{self, Kind};
 use super::parse::{parse_int, Parser};
 use super::reply::Reply;
 use super::{stats, ConnInfo};
+use crate::metrics;
 use crate::server::auth::{self, Peer};
 use crate::server::Server;
 
@@ -132,7 +133,10 @@ async fn serve<R, W>(
                 };
                 match n {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        metrics::RESP.bytes_in(n);
+                        continue;
+                    }
                 }
             }
             Err(e) => {
@@ -143,16 +147,18 @@ async fn serve<R, W>(
             }
         };
         stats::COMMANDS.fetch_add(1, Ordering::Relaxed);
+        let arrived = Instant::now();
+        // Unknown and refused commands count as `other`: the label set stays bounded.
+        let index = cmd::index_of(&args[0]).unwrap_or(cmd::COMMANDS.len());
         let bytes: usize = args.iter().map(Vec::len).sum();
         let kibs = (bytes >> 10).clamp(1, MAX_IN_FLIGHT_BYTES >> 10) as u32;
         let Ok(byte_permit) = kib.clone().acquire_many_owned(kibs).await else { break };
         let Ok(slot_permit) = count.clone().acquire_owned().await else { break };
         let permits = vec![byte_permit, slot_permit];
         let proto = session.proto;
-        let ready = |reply: Reply, close: bool, permits| Item {
-            slot: Slot::Ready(encode(&reply, proto)),
-            close,
-            _permits: permits,
+        let ready = |reply: Reply, close: bool, permits| {
+            metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
+            Item { slot: Slot::Ready(encode(&reply, proto)), close, _permits: permits }
         };
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         if let Some(c) = stats::CLIENTS.lock().expect("clients lock").get_mut(&id) {
@@ -181,6 +187,7 @@ async fn serve<R, W>(
         let item = match spec.kind {
             Kind::Conn => {
                 let (reply, close) = session_command(&server, &mut session, spec.name, &args);
+                metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
                 // HELLO answers in the protocol it switches to.
                 Item { slot: Slot::Ready(encode(&reply, session.proto)), close, _permits: permits }
             }
@@ -215,6 +222,7 @@ async fn serve<R, W>(
                 tokio::spawn(async move {
                     let reply = cmd::key_command(&server, spec, args).await;
                     drop(guards);
+                    metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
                     let _ = done.send(encode(&reply, proto));
                 });
                 Item { slot: Slot::Running(running), close: false, _permits: permits }
@@ -228,6 +236,7 @@ async fn serve<R, W>(
                 let ctx = ConnInfo { id, may_stop: session.may_stop };
                 tokio::spawn(async move {
                     let reply = cmd::keyspace_command(&server, spec, args, &ctx).await;
+                    metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
                     let _ = done.send(encode(&reply, proto));
                 });
                 Item { slot: Slot::Running(running), close: false, _permits: permits }
@@ -241,6 +250,14 @@ async fn serve<R, W>(
     drop(tx);
     let _ = writer.await;
     stats::CLIENTS.lock().expect("clients lock").remove(&id);
+}
+
+fn outcome(reply: &Reply) -> usize {
+    if reply.is_error() {
+        metrics::ERROR
+    } else {
+        metrics::OK
+    }
 }
 
 fn encode(reply: &Reply, proto: u8) -> Vec<u8> {
@@ -293,6 +310,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Ite
         if wr.write_all(&buf).await.is_err() {
             return;
         }
+        metrics::RESP.bytes_out(buf.len());
         buf.clear();
         written.clear();
         if close {

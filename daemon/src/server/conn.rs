@@ -25,6 +25,7 @@ use super::auth::{self, Peer};
 use super::handlers;
 use super::Server;
 use crate::frame::{read_body, read_frame, read_len};
+use crate::metrics;
 
 const MAX_IN_FLIGHT: usize = 128;
 /// Bounds the memory one client can pin by pipelining large values.
@@ -53,6 +54,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            metrics::CHD.bytes_out(buf.len());
             buf.clear();
         }
         let _ = wr.shutdown().await;
@@ -110,6 +112,8 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         let kib = (len >> 10).clamp(1, MAX_IN_FLIGHT_BYTES >> 10) as u32;
         let Ok(bytes_permit) = in_flight_kib.clone().acquire_many_owned(kib).await else { break };
         let Ok(body) = read_body(&mut rd, len).await else { break };
+        let arrived = std::time::Instant::now();
+        metrics::CHD.bytes_in(4 + len);
         let ClientFrame { id, request } = match decode_body::<ClientFrame>(&body) {
             Ok(f) => f,
             Err(e) => {
@@ -121,6 +125,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
             match request {
                 Request::Hello { protocol, ref client } if protocol == PROTOCOL_VERSION => {
                     greeted = true;
+                    metrics::CHD.record(metrics::chd_index(&request), metrics::OK, arrived.elapsed());
                     debug!(uid = peer.uid, pid = %pid_text(&peer), client = %client, "client connected");
                     let hello = Response::Hello { protocol, server: format!("chd {}", env!("CARGO_PKG_VERSION")) };
                     let _ = replies.send(ServerFrame { id, response: Ok(hello) }).await;
@@ -135,6 +140,7 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         }
         if let Err(e) = request.validate() {
             debug!(uid = peer.uid, pid = %pid_text(&peer), request = %request.name(), error = %e, "request refused; closing the connection");
+            metrics::CHD.record(metrics::chd_index(&request), metrics::outcome_of(&e), arrived.elapsed());
             reply_and_close(id, e).await;
             break;
         }
@@ -150,9 +156,11 @@ pub async fn serve(server: Arc<Server>, stream: UnixStream, mut stopping: watch:
         let (server, replies) = (server.clone(), replies.clone());
         requests += 1;
         tokio::spawn(async move {
-            let (name, started) = (request.name(), std::time::Instant::now());
+            let (name, index, started) = (request.name(), metrics::chd_index(&request), std::time::Instant::now());
             let response = handlers::handle(&server, request).await;
             drop(guard);
+            let outcome = response.as_ref().map_or_else(metrics::outcome_of, |_| metrics::OK);
+            metrics::CHD.record(index, outcome, arrived.elapsed());
             match &response {
                 Ok(_) => debug!(request = %name, micros = started.elapsed().as_micros() as u64, "request done"),
                 Err(e) => {

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use chd_data::proto::{Change, NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatusReport};
+use chd_data::proto::{
+    Change, NodeMetrics, NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatsReport, StatusReport,
+};
 use chd_data::{Error, NodeId};
 use tokio::task::JoinSet;
 
 use super::Server;
 use crate::membership;
+use crate::metrics;
 use crate::repair;
 use crate::supervisor::Event;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
@@ -59,6 +62,7 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
             }
             Ok(Response::Keys { keys, cursor: if p >= partitions { 0 } else { p } })
         }
+        Request::Stats => Ok(Response::Stats(stats(server).await)),
         Request::Progress { id } => {
             let nodes = server.cluster.nodes.read().expect("nodes lock");
             let slot = nodes.get(&id).ok_or(Error::NoSuchNode(id))?;
@@ -107,7 +111,7 @@ async fn status(server: &Server) -> StatusReport {
         }
     }
     while let Some(Ok((id, r))) = calls.join_next().await {
-        if let Ok(WorkerResponse::Stats { live_keys, bytes }) = r {
+        if let Ok(WorkerResponse::Stats { live_keys, bytes, .. }) = r {
             if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
                 n.keys = Some(live_keys);
                 n.bytes = Some(bytes);
@@ -125,6 +129,51 @@ async fn status(server: &Server) -> StatusReport {
         partitions: ring.partitions(),
         nodes,
         migration: cluster.migration.read().expect("migration lock").clone(),
+    }
+}
+
+/// Everything `chctl stats` and the Prometheus endpoint show: chd's own counters, and each
+/// reachable worker's counts and group-commit histograms (asked at once, 1 s at most).
+pub async fn stats(server: &Server) -> StatsReport {
+    let cluster = &server.cluster;
+    let ids: Vec<NodeId> = cluster.nodes.read().expect("nodes lock").keys().copied().collect();
+    let mut calls = JoinSet::new();
+    for &id in &ids {
+        let x = cluster.replica(id);
+        if let (Some(link), true) = (x.link, x.state != NodeState::Hung) {
+            calls.spawn(async move { (id, link.call(WorkerRequest::Stats, Duration::from_secs(1)).await) });
+        }
+    }
+    let mut nodes: Vec<NodeMetrics> = ids.iter().map(|&id| NodeMetrics { id, ..Default::default() }).collect();
+    while let Some(Ok((id, r))) = calls.join_next().await {
+        if let (Ok(WorkerResponse::Stats { live_keys, bytes, batch_size, sync_us }), Some(n)) =
+            (r, nodes.iter_mut().find(|n| n.id == id))
+        {
+            n.reachable = true;
+            n.keys = Some(live_keys);
+            n.bytes = Some(bytes);
+            n.batch_size = batch_size.report();
+            n.sync_us = sync_us.report();
+        }
+    }
+    let (mut requests, mut apis) = (Vec::new(), Vec::new());
+    for api in [&*metrics::CHD, &*metrics::RESP] {
+        let (a, r) = api.report();
+        apis.push(a);
+        requests.extend(r);
+    }
+    let (cache_hits, cache_misses) = server.coordinator.cache.hits_and_misses();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    StatsReport {
+        uptime_ms: cluster.started.elapsed().as_millis() as u64,
+        requests,
+        apis,
+        nodes,
+        cache_hits,
+        cache_misses,
+        repairs: load(&metrics::REPAIRS),
+        repaired_keys: load(&metrics::REPAIRED_KEYS),
+        rebuilds: load(&metrics::REBUILDS),
     }
 }
 

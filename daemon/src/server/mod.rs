@@ -3,6 +3,7 @@
 pub(crate) mod auth;
 mod conn;
 mod handlers;
+mod http;
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
@@ -116,6 +117,14 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics_tcp = match settings.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
@@ -179,6 +188,10 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     if let Some(l) = resp_tcp {
         info!(address = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving RESP over TCP (AUTH required)");
         resp::serve_tcp(server.clone(), l, stop_rx.clone(), conn_tx.clone());
+    }
+    if let Some(l) = metrics_tcp {
+        info!(address = %l.local_addr().map_or("?".into(), |a| a.to_string()), "serving metrics (GET /metrics)");
+        http::serve(server.clone(), l, stop_rx.clone());
     }
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // A client opening connections in a loop must not turn the log into the same line 1000

@@ -433,6 +433,7 @@ impl Keeper {
                             self.start_sync(generation, mode, Duration::from_secs(1));
                             continue;
                         }
+                        crate::metrics::REBUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     info!(node = id, "node is in sync; serving reads");
                     self.cluster.update(id, |s| {

@@ -220,11 +220,21 @@ struct Progress {
     batches: AtomicU64,
     /// Milliseconds since `epoch`, plus one, at which the current batch started; 0 when idle.
     busy_since: AtomicU64,
+    /// Writes per synced batch, and how long each sync took (microseconds): reported with
+    /// `Stats`, cumulative since this worker started.
+    batch_size: crate::metrics::Histogram,
+    sync_us: crate::metrics::Histogram,
 }
 
 impl Progress {
     fn new() -> Progress {
-        Progress { epoch: Instant::now(), batches: AtomicU64::new(0), busy_since: AtomicU64::new(0) }
+        Progress {
+            epoch: Instant::now(),
+            batches: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+            batch_size: crate::metrics::Histogram::new(),
+            sync_us: crate::metrics::Histogram::new(),
+        }
     }
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
@@ -444,6 +454,7 @@ impl<E: Engine> Worker<E> {
         };
         let mut replies = Vec::with_capacity(batch.len());
         let mut dirty = false;
+        let mut written = 0;
         let mut shutdown = false;
         for Frame { id, msg } in batch {
             let reply = match (refusal, disk::write_bytes(&msg)) {
@@ -451,6 +462,7 @@ impl<E: Engine> Worker<E> {
                 _ => match apply(&mut self.node, msg, progress).map_err(|e| Fatal::storage("storage error", &e))? {
                     Applied::Reply(r, wrote) => {
                         dirty |= wrote;
+                        written += u64::from(wrote);
                         r
                     }
                     Applied::Shutdown => {
@@ -462,7 +474,10 @@ impl<E: Engine> Worker<E> {
             replies.push(Frame { id, msg: reply });
         }
         if dirty {
+            let started = Instant::now();
             self.node.sync().map_err(|e| Fatal::storage("sync failed", &e))?;
+            progress.sync_us.record_micros(started.elapsed());
+            progress.batch_size.record(written);
         }
         Ok(BatchDone { replies, shutdown })
     }
@@ -481,7 +496,15 @@ fn apply<E: Engine>(node: &mut Node<E>, req: WorkerRequest, progress: &Progress)
         WorkerRequest::Get { key } => (R::Record(node.get(&key)?), false),
         // The reader answers pings; one reaching the loop is answered the same way.
         WorkerRequest::Ping => (progress.pong(), false),
-        WorkerRequest::Stats => (R::Stats { live_keys: node.live_keys(), bytes: node.size_on_disk() }, false),
+        WorkerRequest::Stats => (
+            R::Stats {
+                live_keys: node.live_keys(),
+                bytes: node.size_on_disk(),
+                batch_size: progress.batch_size.snapshot(),
+                sync_us: progress.sync_us.snapshot(),
+            },
+            false,
+        ),
         WorkerRequest::Digests { partitions } => {
             let d = partitions.iter().map(|&p| node.digest(p)).collect::<io::Result<_>>()?;
             (R::Digests(d), false)

@@ -101,9 +101,14 @@ pub enum WorkerResponse {
         batches: u64,
         busy_ms: u64,
     },
+    /// Counts of the node's data, and (added last, so older fields keep their place) its
+    /// group-commit figures since the worker started: writes per synced batch and each sync's
+    /// duration in microseconds.
     Stats {
         live_keys: u64,
         bytes: u64,
+        batch_size: crate::metrics::Snapshot,
+        sync_us: crate::metrics::Snapshot,
     },
     Digests(Vec<[u8; 32]>),
     Versions(Vec<(Vec<u8>, u64)>),
