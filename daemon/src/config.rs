@@ -342,9 +342,12 @@ impl Settings {
     /// chd accepts. The data dir's R and W win over the defaults; an explicit setting must
     /// agree with them, except that W may be lowered (reads then ask more replicas; the lower W
     /// is kept from then on). `nodes` only sizes a new data dir: an explicit one that differs
-    /// from the data dir's is refused rather than ignored, and the error says how to change
-    /// the number of nodes.
-    pub fn settle(&mut self, fixed: &Fixed) -> anyhow::Result<()> {
+    /// from the data dir's is not refused, because membership changes at run time (`chctl node
+    /// add/remove`) and a chd restarted by systemd after a crash must come back whatever the
+    /// config file says; it is ignored with a warning (returned, for the caller to print or
+    /// log) that says how to change the number of nodes.
+    pub fn settle(&mut self, fixed: &Fixed) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
         let dir = self.data_dir.display();
         let r = fixed.replicas;
         if self.replicas_explicit && self.replicas != r {
@@ -355,9 +358,10 @@ impl Settings {
         self.replicas = r;
         let n = fixed.nodes;
         if self.nodes_explicit && self.nodes != n && fixed.nodes_after_change != Some(self.nodes) {
-            bail!(
-                "nodes: data dir {dir} has {n} nodes; `nodes` only sizes a new data dir. Change the number of nodes of a running chd with `chctl node add --count N` or `chctl node remove ID`; to start, remove `nodes` from the settings or set it to {n}"
-            );
+            warnings.push(format!(
+                "nodes = {} is ignored: data dir {dir} has {n} nodes, and `nodes` only sizes a new data dir. Change the number of nodes with `chctl node add --count N` or `chctl node remove ID`; remove `nodes` from the settings or set it to {n} to silence this",
+                self.nodes
+            ));
         }
         self.nodes = n;
         let w = match fixed.write_quorum {
@@ -372,7 +376,7 @@ impl Settings {
             bail!("write_quorum: {w} is more than the data dir's {r} replicas");
         }
         self.write_quorum = w;
-        Ok(())
+        Ok(warnings)
     }
 
     /// The settings that differ between `self` (running) and `new` (just read again), each
@@ -619,15 +623,18 @@ mod tests {
         let fixed = Fixed { replicas: 3, write_quorum: Some(2), nodes: 4, nodes_after_change: Some(5) };
         let settle = |f: fn(&mut ConfigArgs)| {
             let mut s = Settings::resolve(&args(f)).unwrap();
-            s.settle(&fixed).map(|()| (s.nodes, s.replicas, s.write_quorum)).map_err(|e| e.to_string())
+            s.settle(&fixed).map(|_| (s.nodes, s.replicas, s.write_quorum)).map_err(|e| e.to_string())
         };
         assert_eq!(settle(|_| {}), Ok((4, 3, 2)));
         assert_eq!(settle(|a| a.write_quorum = Some(1)), Ok((4, 3, 1)), "lowering W is allowed");
         assert_eq!(settle(|a| a.nodes = Some(5)), Ok((4, 3, 2)), "the count after the change in progress");
         assert!(settle(|a| a.replicas = Some(2)).unwrap_err().starts_with("replicas: "));
         assert!(settle(|a| a.write_quorum = Some(3)).unwrap_err().contains("raising it is not supported"));
-        let e = settle(|a| a.nodes = Some(7)).unwrap_err();
-        assert!(e.starts_with("nodes: ") && e.contains("chctl node add --count N"), "{e}");
+        assert_eq!(settle(|a| a.nodes = Some(7)), Ok((4, 3, 2)), "a differing node count is ignored");
+        let mut s = Settings::resolve(&args(|a| a.nodes = Some(7))).unwrap();
+        let warnings = s.settle(&fixed).unwrap();
+        assert!(warnings.len() == 1 && warnings[0].contains("chctl node add --count N"), "{warnings:?}");
+        assert!(Settings::resolve(&args(|_| {})).unwrap().settle(&fixed).unwrap().is_empty());
     }
 
     #[test]

@@ -87,7 +87,9 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
     let mut settings = Settings::resolve(args)?;
     let existing = datadir::read_cluster_file(&settings.data_dir)?;
     if let Some(file) = &existing {
-        settings.settle(&config::Fixed::of(file))?;
+        for warning in settings.settle(&config::Fixed::of(file))? {
+            eprintln!("chd: warning: {warning}");
+        }
     }
     print!("{}", settings.render());
     if existing.is_some() {

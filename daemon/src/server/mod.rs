@@ -70,7 +70,9 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     let (mut file, created) = match data.load_cluster()? {
         Some(f) => {
             // The same check as `chd check-config`: R, W and the node count are the data dir's.
-            settings.settle(&crate::config::Fixed::of(&f))?;
+            for warning in settings.settle(&crate::config::Fixed::of(&f))? {
+                warn!("{warning}");
+            }
             (f, false)
         }
         None => {
