@@ -39,7 +39,9 @@ gzip -9n "$assets"/man/*.1
 "$bin/chctl" completions fish > "$assets/completions/chctl.fish"
 
 rm -f "$target"/debian/chd_*.deb
-cargo deb -p chd --no-build >&2
+# --fast: lighter compression; the binaries keep their line tables (see the release profile),
+# and the best compression took a minute of CI for a few MB.
+cargo deb -p chd --no-build --fast >&2
 deb=$(ls "$target"/debian/chd_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || { echo "build-deb.sh: cargo deb made no package" >&2; exit 1; }
 echo "$deb"
