@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
 /// sled's page cache per worker, in MiB. sled's own default is 1 GiB per database, so four
 /// workers could grow past 4 GiB; with 64 MiB each, chd holding 1M keys of 100 B stays well
 /// under 1 GiB resident in all (cold records are read from the kernel's page cache).
-pub const DEFAULT_CACHE_MIB: u64 = 64;
+pub const DEFAULT_CACHE_MIB: u64 = 32;
 /// chd's cache of current values ([`crate::cache`]): 256 MiB holds about a million keys of
 /// 100 bytes, so a working set of that size is read from memory.
 pub const DEFAULT_READ_CACHE_MIB: u64 = 256;
@@ -72,7 +72,7 @@ pub struct ConfigArgs {
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
     pub tombstone_grace: Option<String>,
-    /// Page cache of each worker's database, in MiB [default: 64].
+    /// Page cache of each worker's database, in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
     /// chd's cache of the current values of recently used keys, in MiB; 0 turns it off
