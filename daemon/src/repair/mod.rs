@@ -36,8 +36,10 @@ use crate::worker::proto::{WorkerRequest, WorkerResponse};
 /// A replica's (key, version) pairs of one partition, ascending by key.
 type VersionList = Vec<(Vec<u8>, u64)>;
 
-/// Records copied per request.
-const BATCH: usize = 256;
+/// Records copied per request, at most.
+const BATCH: usize = 1024;
+/// Bytes of keys asked for in one `GetMany`, about (keys may be 64 KiB each).
+const BATCH_KEY_BYTES: usize = 1 << 20;
 /// Partitions digested per request.
 const DIGEST_CHUNK: usize = 64;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,8 +233,10 @@ async fn versions(link: &WorkerLink, id: NodeId, p: u32) -> anyhow::Result<Versi
 
 /// Carries out `transfers`, a bounded batch at a time per source replica: each `GetMany`
 /// answer (cut by the worker at a few MiB, at least one record) is stored on its receivers
-/// before the next is asked for, so memory holds one batch (at most one maximal value beyond
-/// the cut) whatever the values' sizes, and every `PutMany` frame stays far below the limit.
+/// while the next batch is read from the source, so memory holds two batches (each at most one
+/// maximal value beyond the cut) whatever the values' sizes, and every `PutMany` frame stays
+/// far below the limit. Overlapping the read of one batch with the durable store of the one
+/// before roughly halves a rebuild's time, since each store waits for the receiver's fsync.
 async fn copy(
     members: &[(NodeId, WorkerLink)],
     transfers: Vec<plan::Transfer>,
@@ -244,40 +248,77 @@ async fn copy(
     }
     for (from, ts) in by_source {
         let (src_id, src) = &members[from];
-        let mut next = 0;
-        while next < ts.len() {
-            let ask = &ts[next..(next + BATCH).min(ts.len())];
-            let keys: Vec<Vec<u8>> = ask.iter().map(|t| t.key.clone()).collect();
-            let records = match call(src, *src_id, WorkerRequest::GetMany { keys }).await? {
-                WorkerResponse::Records(rs) if !rs.is_empty() && rs.len() <= ask.len() => rs,
-                other => bail!("node {src_id}: unexpected answer to GetMany: {}", brief(&other)),
+        let mut fetched = Some(fetch(src, *src_id, &ts, 0).await?);
+        while let Some((start, records)) = fetched.take() {
+            let end = start + records.len();
+            let next = async {
+                match end < ts.len() {
+                    true => fetch(src, *src_id, &ts, end).await.map(Some),
+                    false => Ok(None),
+                }
             };
-            let got = &ask[..records.len()];
-            next += records.len();
-            for (to, (to_id, link)) in members.iter().enumerate() {
-                let entries: Vec<(Vec<u8>, Record)> = got
-                    .iter()
-                    .zip(&records)
-                    .filter(|(t, _)| t.to.contains(&to))
-                    .filter_map(|(_, (k, r))| Some((k.clone(), r.clone()?)))
-                    .collect();
-                if entries.is_empty() {
-                    continue;
-                }
-                let bytes: u64 =
-                    entries.iter().map(|(k, r)| (k.len() + r.value.as_ref().map_or(0, Vec::len)) as u64).sum();
-                let n = entries.len() as u64;
-                match call(link, *to_id, WorkerRequest::PutMany { entries }).await? {
-                    WorkerResponse::Count(_) => {
-                        report.keys_repaired += n;
-                        report.bytes_repaired += bytes;
-                    }
-                    other => bail!("node {to_id}: unexpected answer to PutMany: {}", brief(&other)),
-                }
-            }
+            let (stored, next) = tokio::join!(store(members, &ts[start..end], records), next);
+            let (keys, bytes) = stored?;
+            report.keys_repaired += keys;
+            report.bytes_repaired += bytes;
+            fetched = next?;
         }
     }
     Ok(())
+}
+
+/// Records of the next batch of `ts` from `start`: at most [`BATCH`] keys and about
+/// [`BATCH_KEY_BYTES`] of them asked for (at least one); the source may answer fewer.
+async fn fetch(
+    src: &WorkerLink,
+    src_id: NodeId,
+    ts: &[plan::Transfer],
+    start: usize,
+) -> anyhow::Result<(usize, Vec<(Vec<u8>, Option<Record>)>)> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut key_bytes = 0;
+    for t in ts[start..].iter().take(BATCH) {
+        if !keys.is_empty() && key_bytes + t.key.len() > BATCH_KEY_BYTES {
+            break;
+        }
+        key_bytes += t.key.len();
+        keys.push(t.key.clone());
+    }
+    let asked = keys.len();
+    match call(src, src_id, WorkerRequest::GetMany { keys }).await? {
+        WorkerResponse::Records(rs) if !rs.is_empty() && rs.len() <= asked => Ok((start, rs)),
+        other => bail!("node {src_id}: unexpected answer to GetMany: {}", brief(&other)),
+    }
+}
+
+/// Stores one fetched batch on each of its receivers, durably. Returns (records, bytes) stored.
+async fn store(
+    members: &[(NodeId, WorkerLink)],
+    got: &[plan::Transfer],
+    records: Vec<(Vec<u8>, Option<Record>)>,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut keys, mut total) = (0, 0);
+    for (to, (to_id, link)) in members.iter().enumerate() {
+        let entries: Vec<(Vec<u8>, Record)> = got
+            .iter()
+            .zip(&records)
+            .filter(|(t, _)| t.to.contains(&to))
+            .filter_map(|(_, (k, r))| Some((k.clone(), r.clone()?)))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let bytes: u64 = entries.iter().map(|(k, r)| (k.len() + r.value.as_ref().map_or(0, Vec::len)) as u64).sum();
+        let n = entries.len() as u64;
+        match call(link, *to_id, WorkerRequest::PutMany { entries }).await? {
+            WorkerResponse::Count(_) => {
+                keys += n;
+                total += bytes;
+            }
+            other => bail!("node {to_id}: unexpected answer to PutMany: {}", brief(&other)),
+        }
+    }
+    Ok((keys, total))
 }
 
 /// A worker's answer for an error message, without dumping the records it may carry.
