@@ -182,11 +182,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("chd worker {id}: {what} {dir}: {meaning}: {e}");
         std::process::exit(f.exit_code());
     };
-    let engine = match open_engine(&args.dir, args.cache_mib << 20) {
+    let engine = match panic_is_damage(|| open_engine(&args.dir, args.cache_mib << 20)) {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
-    let node = match Node::open(engine, &args.dir, args.partitions) {
+    let node = match panic_is_damage(|| Node::open(engine, &args.dir, args.partitions)) {
         Ok(n) => n,
         Err(e) => exit(classify(&e), "cannot read database", &e),
     };
@@ -195,6 +195,35 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         exit(fatal.failure, "stopping; database", &fatal.why);
     }
     Ok(())
+}
+
+/// Runs `open`, turning a panic inside it into an `InvalidData` error: "the database is
+/// damaged", so chd sets it aside and rebuilds the node. sled 0.34 panics on some corrupt logs
+/// while recovering them (seen: `segment.rs:556` after 4 KiB of garbage in the middle of `db`);
+/// without this the worker crash-looped and the node ended `failed`. The panic's message goes
+/// into the error instead of the default hook's output.
+fn panic_is_damage<T>(open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let caught: Arc<Mutex<Option<String>>> = Arc::default();
+    let previous = std::panic::take_hook();
+    {
+        let caught = caught.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+            *caught.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{payload}{at}"));
+        }));
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|_| {
+        let why = caught.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        Err(io::Error::new(io::ErrorKind::InvalidData, format!("the storage engine failed reading its files: {why}")))
+    })
 }
 
 /// Opens sled, waiting a little if the previous worker of this node is still releasing its
@@ -598,6 +627,17 @@ mod tests {
 
     fn os(code: i32) -> io::Error {
         io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn a_panic_while_opening_is_a_damaged_database_and_is_not_printed_as_a_panic() {
+        let e = panic_is_damage::<()>(|| panic!("tried to serialize Uninitialized")).unwrap_err();
+        assert_eq!(classify(&e), Failure::BadDatabase);
+        assert!(e.to_string().contains("tried to serialize Uninitialized") && e.to_string().contains("mod.rs"), "{e}");
+        assert!(!e.to_string().contains("panicked"), "{e}");
+        assert_eq!(panic_is_damage(|| Ok(7)).unwrap(), 7);
+        let err = panic_is_damage::<()>(|| Err(os(libc::ENOSPC))).unwrap_err();
+        assert_eq!(classify(&err), Failure::DiskFull, "an error passes through unchanged");
     }
 
     #[test]
