@@ -130,16 +130,7 @@ fn repair_fixes_a_stale_replica_and_then_finds_nothing() {
 fn a_crash_looping_node_is_marked_failed_until_restarted() {
     let chd = Chd::start(&[]);
     chd.set("k", "v");
-    let mut last = 0;
-    while chd.node(1)["state"] != "failed" {
-        let n = chd.node(1);
-        if let Some(pid) = n["pid"].as_u64().filter(|&p| p != last && n["state"] == "up") {
-            signal(pid as u32, libc::SIGKILL);
-            last = pid;
-        }
-        assert!(n["restarts"].as_u64().unwrap() <= 6, "never marked failed: {n}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    chd.crash_loop_until_failed(1);
     // The others keep serving.
     chd.set("k2", "v2");
     assert_eq!(chd.get("k").as_deref(), Some(&b"v"[..]));

@@ -108,16 +108,7 @@ fn json_log_format_is_one_object_per_line() {
 fn a_failed_node_fails_status_and_repair_and_rebuild_says_what_to_do() {
     let chd = Chd::start(&[]);
     chd.set("k", "v");
-    let mut last = 0;
-    while chd.node(1)["state"] != "failed" {
-        let n = chd.node(1);
-        if let Some(pid) = n["pid"].as_u64().filter(|&p| p != last && n["state"] == "up") {
-            signal(pid as u32, libc::SIGKILL);
-            last = pid;
-        }
-        assert!(n["restarts"].as_u64().unwrap() <= 6, "never marked failed: {n}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    chd.crash_loop_until_failed(1);
     for args in [&["status"][..], &["status", "--json"], &["repair"]] {
         let out = chd.ctl(args);
         assert_eq!(out.status.code(), Some(5), "{args:?}: {}", text(&out.stderr));

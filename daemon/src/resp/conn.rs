@@ -77,15 +77,10 @@ pub async fn serve_unix(server: Arc<Server>, stream: UnixStream, stop: watch::Re
     serve(server, rd, wr, addr, false, true, stop).await;
 }
 
-pub async fn serve_tcp(
-    server: Arc<Server>,
-    stream: TcpStream,
-    addr: std::net::SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
+pub async fn serve_tcp(server: Arc<Server>, stream: TcpStream, addr: String, stop: watch::Receiver<bool>) {
     let (rd, wr) = stream.into_split();
     // A TCP peer has no credentials to check: it must AUTH, and may not stop chd.
-    serve(server, rd, wr, addr.to_string(), true, false, stop).await;
+    serve(server, rd, wr, addr, true, false, stop).await;
 }
 
 async fn serve<R, W>(

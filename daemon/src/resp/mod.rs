@@ -29,13 +29,11 @@ pub mod parse;
 pub mod reply;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::warn;
+use tokio::sync::{mpsc, watch};
 
-use crate::server::Server;
+use crate::server::{accept, Server};
 
 /// Clients served at once on the RESP endpoint (Redis's default maxclients is 10000; chd keeps
 /// the same bound as its main socket).
@@ -51,77 +49,24 @@ pub struct ConnInfo {
 
 /// Serves RESP on a Unix socket until `stop`; `done` is dropped when every connection ended.
 pub fn serve_unix(server: Arc<Server>, listener: UnixListener, stop: watch::Receiver<bool>, done: mpsc::Sender<()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut too_many = crate::logging::RateLimit::new(Duration::from_secs(1), 1);
-    tokio::spawn(async move {
-        let mut stop_wait = stop.clone();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_wait.wait_for(|s| *s) => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        if let Some(n) = too_many.check(std::time::Instant::now()) {
-                            warn!(
-                                limit = MAX_CONNECTIONS,
-                                "too many RESP connections; refusing one{}",
-                                crate::logging::suppressed(n)
-                            );
-                        }
-                        continue;
-                    };
-                    let (server, stop, done) = (server.clone(), stop.clone(), done.clone());
-                    tokio::spawn(async move {
-                        conn::serve_unix(server, stream, stop).await;
-                        drop((done, slot));
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "RESP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    let serving = stop.clone();
+    accept::spawn("RESP", listener, MAX_CONNECTIONS, stop, move |stream, _| {
+        let (server, stop, done) = (server.clone(), serving.clone(), done.clone());
+        async move {
+            conn::serve_unix(server, stream, stop).await;
+            drop(done);
         }
     });
 }
 
 /// Serves RESP on TCP until `stop` (only ever started with a password set).
 pub fn serve_tcp(server: Arc<Server>, listener: TcpListener, stop: watch::Receiver<bool>, done: mpsc::Sender<()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut too_many = crate::logging::RateLimit::new(Duration::from_secs(1), 1);
-    tokio::spawn(async move {
-        let mut stop_wait = stop.clone();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_wait.wait_for(|s| *s) => break,
-            };
-            match accepted {
-                Ok((stream, addr)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        if let Some(n) = too_many.check(std::time::Instant::now()) {
-                            warn!(
-                                limit = MAX_CONNECTIONS,
-                                "too many RESP connections; refusing one{}",
-                                crate::logging::suppressed(n)
-                            );
-                        }
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let (server, stop, done) = (server.clone(), stop.clone(), done.clone());
-                    tokio::spawn(async move {
-                        conn::serve_tcp(server, stream, addr, stop).await;
-                        drop((done, slot));
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "RESP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    let serving = stop.clone();
+    accept::spawn("RESP", listener, MAX_CONNECTIONS, stop, move |stream, addr| {
+        let (server, stop, done) = (server.clone(), serving.clone(), done.clone());
+        async move {
+            conn::serve_tcp(server, stream, addr, stop).await;
+            drop(done);
         }
     });
 }

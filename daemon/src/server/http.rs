@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tracing::{debug, warn};
+use tokio::sync::watch;
+use tracing::debug;
 
 use super::Server;
 
@@ -61,32 +61,11 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
 
 /// Serves the endpoint until `stop`.
 pub fn serve(server: Arc<Server>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        let mut stop_wait = stop.clone();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_wait.wait_for(|s| *s) => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        debug!("too many metrics connections; closing one");
-                        continue;
-                    };
-                    let server = server.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(&server, stream).await {
-                            debug!(error = %e, "metrics request not answered");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+    super::accept::spawn("metrics", listener, MAX_CONNECTIONS, stop, move |stream, _| {
+        let server = server.clone();
+        async move {
+            if let Err(e) = answer(&server, stream).await {
+                debug!(error = %e, "metrics request not answered");
             }
         }
     });

@@ -1,5 +1,6 @@
 //! chd's front: the Unix socket, its connections, and the life cycle of the daemon.
 
+pub(crate) mod accept;
 pub(crate) mod auth;
 mod conn;
 mod handlers;

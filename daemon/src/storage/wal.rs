@@ -59,7 +59,8 @@ pub struct Wal<E> {
     offset: u64,
     /// Size of the log file (at least [`SEGMENT_BYTES`]; more if one frame needed more).
     size: u64,
-    /// Operations since the last sync, encoded.
+    /// The next frame: [`HEADER`] bytes, filled in at sync, then the operations since the
+    /// last sync, encoded (so a sync writes it as it is, without copying it into a frame).
     pending: Vec<u8>,
 }
 
@@ -197,7 +198,7 @@ impl<E: Engine> Wal<E> {
             seq: seq.unwrap_or(0),
             offset: 0,
             size: size.max(SEGMENT_BYTES),
-            pending: Vec::new(),
+            pending: vec![0; HEADER],
         };
         if size < SEGMENT_BYTES {
             zero_fill(&wal.file, size, SEGMENT_BYTES)?;
@@ -241,26 +242,26 @@ impl<E: Engine> Engine for Wal<E> {
         self.inner.scan(from, to, limit)
     }
     fn sync(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
+        let len = self.pending.len() - HEADER;
+        if len == 0 {
             return Ok(());
         }
-        let need = (HEADER + self.pending.len()) as u64;
+        let need = self.pending.len() as u64;
         if self.offset + need > self.size {
             // The engine gets every operation so far, pending ones included: the new segment
             // starts from a durable engine.
             self.checkpoint()?;
-            self.pending.clear();
+            self.pending.truncate(HEADER);
             return Ok(());
         }
-        let mut frame = Vec::with_capacity(need as usize);
-        frame.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&self.seq.to_le_bytes());
-        frame.extend_from_slice(&check(self.seq, &self.pending));
-        frame.extend_from_slice(&self.pending);
-        self.file.write_all_at(&frame, self.offset)?;
+        let check = check(self.seq, &self.pending[HEADER..]);
+        self.pending[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.pending[4..12].copy_from_slice(&self.seq.to_le_bytes());
+        self.pending[12..HEADER].copy_from_slice(&check);
+        self.file.write_all_at(&self.pending, self.offset)?;
         self.file.sync_data()?;
         self.offset += need;
-        self.pending.clear();
+        self.pending.truncate(HEADER);
         Ok(())
     }
     fn size_on_disk(&self) -> u64 {

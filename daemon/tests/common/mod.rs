@@ -126,6 +126,21 @@ impl Chd {
         self.status()["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone()
     }
 
+    /// Kills node `id`'s worker each time it comes up, until chd marks the node `failed`
+    /// (within its crash limit).
+    pub fn crash_loop_until_failed(&self, id: u64) {
+        let mut last = 0;
+        while self.node(id)["state"] != "failed" {
+            let n = self.node(id);
+            if let Some(pid) = n["pid"].as_u64().filter(|&p| p != last && n["state"] == "up") {
+                signal(pid as u32, libc::SIGKILL);
+                last = pid;
+            }
+            assert!(n["restarts"].as_u64().unwrap() <= 6, "never marked failed: {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn worker_pids(&self) -> Vec<u32> {
         self.status()["nodes"].as_array().unwrap().iter().filter_map(|n| n["pid"].as_u64()).map(|p| p as u32).collect()
     }
