@@ -101,7 +101,11 @@ pub async fn sync_node(cluster: &Arc<Cluster>, id: NodeId, mode: SyncMode) -> an
             for x in cluster.replicas(&peers) {
                 members.push((x.id, x.link.ok_or_else(|| anyhow!("node {} went away", x.id))?));
             }
-            sync_partitions(&members, &partitions, &mut report).await?;
+            let compare = match mode {
+                SyncMode::CatchUp => Compare::Digests,
+                SyncMode::Rebuild => Compare::AllKeys,
+            };
+            sync_partitions(&members, &partitions, compare, &mut report).await?;
         }
         progress.partitions_done += chunk.len() as u32;
         progress.keys = report.keys_repaired;
@@ -164,7 +168,7 @@ pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> 
             continue;
         }
         for chunk in partitions.chunks(DIGEST_CHUNK) {
-            sync_partitions(&members, chunk, &mut report).await?;
+            sync_partitions(&members, chunk, Compare::Digests, &mut report).await?;
         }
     }
     unreachable.sort_unstable();
@@ -174,32 +178,32 @@ pub async fn repair_all(cluster: &Arc<Cluster>) -> anyhow::Result<RepairReport> 
     Ok(report)
 }
 
-/// Compares digests of `partitions` across `members` and syncs those that differ.
+/// How [`sync_partitions`] finds the partitions to compare key by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Digest every partition on every member first; compare only those whose digests differ.
+    /// For replicas that mostly agree (repair, catching up, confirming a leaving node).
+    Digests,
+    /// Compare every partition key by key. For a receiver known to lack most of them (a node
+    /// being rebuilt, or gaining the partitions in a membership change): a digest round would
+    /// be one more full scan of every source and find them all differing anyway.
+    AllKeys,
+}
+
+/// Syncs `partitions` across `members`: finds the ones that differ (see [`Compare`]), then
+/// copies each record a member lacks from one that has its newest version.
 pub async fn sync_partitions(
     members: &[(NodeId, WorkerLink)],
     partitions: &[u32],
+    compare: Compare,
     report: &mut RepairReport,
 ) -> anyhow::Result<()> {
-    let mut calls = tokio::task::JoinSet::new();
-    for (mi, (id, link)) in members.iter().enumerate() {
-        let (id, link, partitions) = (*id, link.clone(), partitions.to_vec());
-        calls.spawn(async move { (mi, id, call(&link, id, WorkerRequest::Digests { partitions }).await) });
-    }
-    let mut digests = vec![Vec::new(); members.len()];
-    while let Some(joined) = calls.join_next().await {
-        match joined? {
-            (mi, _, Ok(WorkerResponse::Digests(d))) if d.len() == partitions.len() => digests[mi] = d,
-            (_, id, other) => bail!("node {id}: unexpected answer to Digests: {}", brief(&other)),
-        }
-    }
-    let mut differing = Vec::new();
-    for (i, &p) in partitions.iter().enumerate() {
-        report.partitions_checked += 1;
-        if digests.iter().any(|d| d[i] != digests[0][i]) {
-            report.partitions_differing += 1;
-            differing.push(p);
-        }
-    }
+    report.partitions_checked += partitions.len() as u64;
+    let differing = match compare {
+        Compare::Digests => differing(members, partitions).await?,
+        Compare::AllKeys => partitions.to_vec(),
+    };
+    report.partitions_differing += differing.len() as u64;
     // Ask for every (member, partition) version list at once: the workers answer a pipeline of
     // reads in one pass of their loop.
     let mut calls = tokio::task::JoinSet::new();
@@ -216,6 +220,28 @@ pub async fn sync_partitions(
     }
     let transfers = lists.iter().flat_map(|l| plan::plan(l)).collect();
     copy(members, transfers, report).await
+}
+
+/// Those of `partitions` whose digests are not the same on every member.
+async fn differing(members: &[(NodeId, WorkerLink)], partitions: &[u32]) -> anyhow::Result<Vec<u32>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (mi, (id, link)) in members.iter().enumerate() {
+        let (id, link, partitions) = (*id, link.clone(), partitions.to_vec());
+        calls.spawn(async move { (mi, id, call(&link, id, WorkerRequest::Digests { partitions }).await) });
+    }
+    let mut digests = vec![Vec::new(); members.len()];
+    while let Some(joined) = calls.join_next().await {
+        match joined? {
+            (mi, _, Ok(WorkerResponse::Digests(d))) if d.len() == partitions.len() => digests[mi] = d,
+            (_, id, other) => bail!("node {id}: unexpected answer to Digests: {}", brief(&other)),
+        }
+    }
+    Ok(partitions
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| digests.iter().any(|d| d[i] != digests[0][i]))
+        .map(|(_, &p)| p)
+        .collect())
 }
 
 /// One member's (key, version) list of partition `p`.
