@@ -30,6 +30,7 @@ pub mod node;
 pub mod proto;
 pub mod values;
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -354,7 +355,8 @@ pub fn serve<E: Engine>(
         progress.start();
         // Each body is dropped once decoded: a batch is not held twice.
         let batch = bodies.into_iter().map(|b| decode_request(&b)).collect::<Result<Vec<_>, Fatal>>();
-        let done = match batch.and_then(|batch| worker.apply_batch(batch, &progress)) {
+        let early = |replies: &[Frame<WorkerResponse>]| proto_write(&out, replies).map_err(link);
+        let done = match batch.and_then(|batch| worker.apply_batch(batch, &progress, early)) {
             Ok(done) => done,
             Err(fatal) => {
                 // No reply: the batch's writes were not acknowledged. The engine is not dropped:
@@ -461,14 +463,64 @@ struct Worker<E> {
 }
 
 struct BatchDone {
+    /// The replies to send once the batch is durable (those not sent early).
     replies: Vec<Frame<WorkerResponse>>,
     shutdown: bool,
+}
+
+/// Which reads of a batch may be answered before the batch's sync.
+///
+/// A read answered before the sync must not show a write of the same batch: that write is
+/// not on disk yet, and chd may not have it on W replicas either. Everything earlier batches
+/// wrote is durable, so a `Get` is safe to answer early when no request before it in this
+/// batch wrote its key. Writes of many keys at once (`PutMany`, a partition drop, a purge)
+/// end early answers for the rest of the batch rather than being tracked key by key.
+#[derive(Default)]
+struct EarlyReads {
+    written: HashSet<Vec<u8>>,
+    closed: bool,
+}
+
+impl EarlyReads {
+    /// Notes a request in batch order; returns whether it is a read that may be answered now.
+    fn admit(&mut self, msg: &WorkerRequest) -> bool {
+        match msg {
+            WorkerRequest::Get { key } => !self.closed && !self.written.contains(key),
+            WorkerRequest::Put { key, .. } => {
+                self.written.insert(key.clone());
+                false
+            }
+            WorkerRequest::Ping | WorkerRequest::Stats => false,
+            WorkerRequest::Digests { .. }
+            | WorkerRequest::Versions { .. }
+            | WorkerRequest::GetMany { .. }
+            | WorkerRequest::PartitionStats { .. }
+            | WorkerRequest::NonEmptyPartitions
+            | WorkerRequest::Keys { .. } => false,
+            WorkerRequest::PutMany { .. }
+            | WorkerRequest::DropPartition { .. }
+            | WorkerRequest::PurgeTombstones { .. }
+            | WorkerRequest::SetIdentity { .. }
+            | WorkerRequest::Shutdown => {
+                self.closed = true;
+                false
+            }
+        }
+    }
 }
 
 impl<E: Engine> Worker<E> {
     /// Applies a batch in order and syncs it if anything was written. The writes of a batch are
     /// all refused together when the disk lacks space for them.
-    fn apply_batch(&mut self, batch: Vec<Frame<WorkerRequest>>, progress: &Progress) -> Result<BatchDone, Fatal> {
+    ///
+    /// Reads that no earlier write of the batch touched ([`EarlyReads`]) are handed to `early`
+    /// before the sync: a `GET` never waits for the fsync of other clients' writes.
+    fn apply_batch(
+        &mut self,
+        batch: Vec<Frame<WorkerRequest>>,
+        progress: &Progress,
+        early: impl FnOnce(&[Frame<WorkerResponse>]) -> Result<(), Fatal>,
+    ) -> Result<BatchDone, Fatal> {
         let writes: Option<u64> = batch.iter().filter_map(|f| disk::write_bytes(&f.msg)).reduce(|a, b| a + b);
         let refusal = match writes {
             None => None,
@@ -482,10 +534,15 @@ impl<E: Engine> Worker<E> {
             },
         };
         let mut replies = Vec::with_capacity(batch.len());
+        let mut early_replies = Vec::new();
+        // Tracking keys costs a copy per write: only done when the batch mixes in reads.
+        let mixed = batch.len() > 1 && batch.iter().any(|f| matches!(f.msg, WorkerRequest::Get { .. }));
+        let mut reads = EarlyReads::default();
         let mut dirty = false;
         let mut written = 0;
         let mut shutdown = false;
         for Frame { id, msg } in batch {
+            let answer_early = mixed && reads.admit(&msg);
             let reply = match (refusal, disk::write_bytes(&msg)) {
                 (Some(r), Some(_)) => WorkerResponse::DiskFull { free: r.free, needed: r.needed },
                 _ => match apply(&mut self.node, msg, progress).map_err(|e| Fatal::storage("storage error", &e))? {
@@ -500,7 +557,13 @@ impl<E: Engine> Worker<E> {
                     }
                 },
             };
-            replies.push(Frame { id, msg: reply });
+            match answer_early {
+                true => early_replies.push(Frame { id, msg: reply }),
+                false => replies.push(Frame { id, msg: reply }),
+            }
+        }
+        if !early_replies.is_empty() {
+            early(&early_replies)?;
         }
         if dirty {
             let started = Instant::now();
@@ -700,8 +763,20 @@ mod tests {
         reqs.into_iter().enumerate().map(|(i, msg)| Frame { id: i as u64 + 1, msg }).collect()
     }
 
-    fn replies(done: BatchDone) -> Vec<WorkerResponse> {
-        done.replies.into_iter().map(|f| f.msg).collect()
+    /// Applies a batch; every reply, whether sent early or after the sync, in request order.
+    fn run<E: Engine>(
+        w: &mut Worker<E>,
+        batch: Vec<Frame<WorkerRequest>>,
+        progress: &Progress,
+    ) -> Result<Vec<WorkerResponse>, Fatal> {
+        let mut all = Vec::new();
+        let done = w.apply_batch(batch, progress, |early| {
+            all.extend_from_slice(early);
+            Ok(())
+        })?;
+        all.extend(done.replies);
+        all.sort_by_key(|f| f.id);
+        Ok(all.into_iter().map(|f| f.msg).collect())
     }
 
     #[test]
@@ -713,7 +788,7 @@ mod tests {
         let progress = Progress::new();
         let put = |k: &str, v: u64| WorkerRequest::Put { key: k.into(), record: rec(v, b"value") };
         let get = |k: &str| WorkerRequest::Get { key: k.into() };
-        let r = replies(w.apply_batch(frames(vec![put("a", 1)]), &progress).unwrap());
+        let r = run(&mut w, frames(vec![put("a", 1)]), &progress).unwrap();
         assert_eq!(r, vec![WorkerResponse::Stored(true)]);
 
         free.store(RESERVE + 100, Ordering::SeqCst);
@@ -727,7 +802,7 @@ mod tests {
         ];
         let needed = RESERVE + 2 * batch.iter().filter_map(disk::write_bytes).sum::<u64>();
         let full = WorkerResponse::DiskFull { free: RESERVE + 100, needed };
-        let r = replies(w.apply_batch(frames(batch), &progress).unwrap());
+        let r = run(&mut w, frames(batch), &progress).unwrap();
         assert_eq!(r[0], full);
         assert_eq!(r[1], WorkerResponse::Record(Some(rec(1, b"value"))));
         assert_eq!(r[2], full);
@@ -738,7 +813,7 @@ mod tests {
 
         // Space freed: writes go through again, with nothing else to do.
         free.store(1 << 30, Ordering::SeqCst);
-        let r = replies(w.apply_batch(frames(vec![put("b", 2), get("b")]), &progress).unwrap());
+        let r = run(&mut w, frames(vec![put("b", 2), get("b")]), &progress).unwrap();
         assert_eq!(r, vec![WorkerResponse::Stored(true), WorkerResponse::Record(Some(rec(2, b"value")))]);
     }
 
@@ -774,7 +849,7 @@ mod tests {
         let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
         let mut w = Worker { node, disk, reserve: RESERVE };
         let batch = frames(vec![WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") }]);
-        let fatal = w.apply_batch(batch, &Progress::new()).err().expect("ENOSPC from the engine is fatal");
+        let fatal = run(&mut w, batch, &Progress::new()).err().expect("ENOSPC from the engine is fatal");
         assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
     }
 
@@ -838,11 +913,18 @@ mod tests {
         assert_eq!(got[7].1.as_ref().unwrap().value.as_ref().unwrap().len(), MAX_VALUE);
     }
 
-    /// A memory engine whose `sync` waits for the test to open a gate, to hold a batch open.
+    /// A memory engine whose `sync` waits until the test lets one more sync through, to hold a
+    /// batch open.
     struct Gated {
         inner: MemoryEngine,
         entered: mpsc::Sender<()>,
-        gate: Arc<(Mutex<bool>, Condvar)>,
+        /// Syncs the test has let through and that have not happened yet.
+        gate: Arc<(Mutex<u32>, Condvar)>,
+    }
+
+    fn let_one_sync_through(gate: &(Mutex<u32>, Condvar)) {
+        *gate.0.lock().unwrap() += 1;
+        gate.1.notify_all();
     }
     impl Engine for Gated {
         fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -859,11 +941,12 @@ mod tests {
         }
         fn sync(&mut self) -> io::Result<()> {
             let _ = self.entered.send(());
-            let (open, cv) = &*self.gate;
-            let mut open = open.lock().unwrap();
-            while !*open {
-                open = cv.wait(open).unwrap();
+            let (allowed, cv) = &*self.gate;
+            let mut allowed = allowed.lock().unwrap();
+            while *allowed == 0 {
+                allowed = cv.wait(allowed).unwrap();
             }
+            *allowed -= 1;
             Ok(())
         }
         fn size_on_disk(&self) -> u64 {
@@ -904,7 +987,7 @@ mod tests {
     #[test]
     fn pings_are_answered_while_a_batch_is_stuck_in_sync() {
         let (entered_tx, entered) = mpsc::channel();
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Arc::new((Mutex::new(0), Condvar::new()));
         let engine = Gated { inner: MemoryEngine::default(), entered: entered_tx, gate: gate.clone() };
         let mut chd = Chd::start(engine);
         let sent = Instant::now();
@@ -917,14 +1000,55 @@ mod tests {
         };
         assert!(busy_ms >= 50 && busy_ms <= sent.elapsed().as_millis() as u64 + 1, "busy_ms {busy_ms}");
 
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        let_one_sync_through(&gate);
         assert_eq!(chd.recv(), Frame { id: 1, msg: WorkerResponse::Stored(true) });
         chd.send(3, WorkerRequest::Ping);
         assert_eq!(chd.recv(), Frame { id: 3, msg: WorkerResponse::Pong { batches: 1, busy_ms: 0 } });
-        // Closing the socket ends the worker cleanly.
+        // Closing the socket ends the worker cleanly (after a final sync).
+        let_one_sync_through(&gate);
         drop(chd.stream);
         assert!(chd.worker.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_read_waits_for_the_sync_only_if_its_own_batch_wrote_its_key() {
+        let (entered_tx, entered) = mpsc::channel();
+        let gate = Arc::new((Mutex::new(0), Condvar::new()));
+        let engine = Gated { inner: MemoryEngine::default(), entered: entered_tx, gate: gate.clone() };
+        let mut chd = Chd::start(engine);
+        let put = |k: &str, v: u64| WorkerRequest::Put { key: k.into(), record: rec(v, k.as_bytes()) };
+        let get = |k: &str| WorkerRequest::Get { key: k.into() };
+        // Batch 1 writes "a" and is held in its sync while the next requests queue up.
+        chd.send(1, put("a", 1));
+        entered.recv_timeout(Duration::from_secs(10)).expect("batch 1 reaches sync");
+        for (id, msg) in [(2, put("b", 2)), (3, get("c")), (4, get("b")), (5, get("a"))] {
+            chd.send(id, msg);
+        }
+        // The reader answers pings in the order it reads: this pong means 2..5 are queued.
+        chd.send(6, WorkerRequest::Ping);
+        assert_eq!(chd.recv().id, 6);
+        let_one_sync_through(&gate);
+        assert_eq!(chd.recv(), Frame { id: 1, msg: WorkerResponse::Stored(true) });
+        entered.recv_timeout(Duration::from_secs(10)).expect("batch 2 reaches sync");
+
+        // Batch 2 is in its sync: the reads of keys it did not write are already answered, "a"
+        // with batch 1's durable write. The read of "b" waits, since its value is not durable.
+        assert_eq!(chd.recv(), Frame { id: 3, msg: WorkerResponse::Record(None) });
+        assert_eq!(chd.recv(), Frame { id: 5, msg: WorkerResponse::Record(Some(rec(1, b"a"))) });
+        chd.send(7, WorkerRequest::Ping);
+        assert_eq!(chd.recv().id, 7, "the write to b and the read of b must wait for the sync");
+        let_one_sync_through(&gate);
+        assert_eq!(chd.recv(), Frame { id: 2, msg: WorkerResponse::Stored(true) });
+        assert_eq!(chd.recv(), Frame { id: 4, msg: WorkerResponse::Record(Some(rec(2, b"b"))) });
+    }
+
+    #[test]
+    fn a_batch_write_of_many_keys_holds_back_every_read_after_it() {
+        let mut reads = EarlyReads::default();
+        let get = |k: &str| WorkerRequest::Get { key: k.into() };
+        assert!(reads.admit(&get("x")));
+        assert!(!reads.admit(&WorkerRequest::DropPartition { partition: 1 }));
+        assert!(!reads.admit(&get("x")), "a drop may have removed any key");
     }
 
     #[test]
