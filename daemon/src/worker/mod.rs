@@ -849,7 +849,7 @@ mod tests {
         let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
         let mut w = Worker { node, disk, reserve: RESERVE };
         let batch = frames(vec![WorkerRequest::Put { key: b"k".to_vec(), record: rec(1, b"v") }]);
-        let fatal = run(&mut w, batch, &Progress::new()).err().expect("ENOSPC from the engine is fatal");
+        let fatal = run(&mut w, batch, &Progress::new()).expect_err("ENOSPC from the engine is fatal");
         assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
     }
 
