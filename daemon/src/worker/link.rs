@@ -154,7 +154,9 @@ impl WorkerLink {
 
         let reader_closed = closed.clone();
         tokio::spawn(async move {
-            let mut rd = rd;
+            // Buffered: the worker writes a batch's replies at once, and reading each frame's
+            // length and body with a syscall apiece cost chd two `recvfrom`s per reply.
+            let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
             let mut hello_tx = Some(hello_tx);
             while let Ok(Some(body)) = read_frame(&mut rd, MAX_WORKER_FRAME).await {
                 let Ok(frame) = chd_data::proto::decode_body::<Frame<WorkerResponse>>(&body) else { break };
