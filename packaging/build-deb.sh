@@ -41,7 +41,9 @@ gzip -9n "$assets"/man/*.1
 rm -f "$target"/debian/chd_*.deb
 # --fast: lighter compression; the binaries keep their line tables (see the release profile),
 # and the best compression took a minute of CI for a few MB.
-cargo deb -p chd --no-build --fast >&2
+# Stripped: the release profile keeps line tables for backtraces and profiles (8 MB of
+# package otherwise); a packaged binary needs neither.
+cargo deb -p chd --no-build --fast --strip >&2
 deb=$(ls "$target"/debian/chd_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || { echo "build-deb.sh: cargo deb made no package" >&2; exit 1; }
 echo "$deb"
