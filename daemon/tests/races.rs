@@ -79,3 +79,36 @@ fn a_partition_given_back_while_it_is_being_dropped_is_not_wiped() {
         assert_eq!(c.get(&format!("k{i}")), Some(format!("v{i}").into_bytes()));
     }
 }
+
+/// A node that left cleanly went to quarantine when a worker of one of its new owners was
+/// restarting at the moment chd confirmed its records (found by the power-cut test, seed
+/// 1795688271910008235): a hiccup must only delay the confirmation.
+#[test]
+fn a_new_owner_restarting_during_the_confirmation_does_not_quarantine_the_leaving_node() {
+    let (chd, pause) = start_pausing(&["--nodes", "4"], "retire-confirm");
+    let mut c = chd.client();
+    c.set_many((0..400).map(|i| (format!("k{i}"), format!("v{i}"))));
+
+    let remove = ctl_bg(&chd, &["node", "remove", "3"]);
+    // Paused with the confirmers chosen: nodes 0, 1 and 2 (all of them own every partition
+    // once node 3 is gone). One of them dies before the copy that confirms node 3's records.
+    wait_for("the confirmation to be about to start", Duration::from_secs(60), || pause.exists());
+    let pid = chd.node(0)["pid"].as_u64().unwrap() as u32;
+    common::signal(pid, libc::SIGKILL);
+    wait_for("chd to notice", Duration::from_secs(30), || chd.log().contains("worker exited; respawning node=0"));
+    std::fs::remove_file(&pause).unwrap();
+    finish("node remove 3", remove);
+    wait_for("node 3 to be gone", Duration::from_secs(60), || {
+        let log = chd.log();
+        log.contains("database deleted") || log.contains("database kept in quarantine")
+    });
+
+    let log = chd.log();
+    assert!(log.contains("node=3") && log.contains("database deleted"), "{log}");
+    let quarantine = chd.data.join("quarantine");
+    let kept = std::fs::read_dir(&quarantine).map_or(0, |d| d.count());
+    assert_eq!(kept, 0, "node 3 left cleanly yet was quarantined:\n{log}");
+    for i in (0..400).step_by(7) {
+        assert_eq!(c.get(&format!("k{i}")), Some(format!("v{i}").into_bytes()));
+    }
+}

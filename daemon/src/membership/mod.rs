@@ -30,6 +30,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Partition drops in flight on one node at once.
 const DROP_WINDOW: usize = 4;
+/// Groups of partitions (same sources and receivers) copied at once during a change.
+const COPIES_AT_ONCE: usize = 4;
+/// How long confirming the records of a node that left is retried before its database is
+/// quarantined, and how often.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(30);
+const CONFIRM_RETRY: Duration = Duration::from_millis(250);
 
 /// Starts a change; the migration runs in the background. Returns what it is and the new ids.
 pub async fn start(cluster: &Arc<Cluster>, spawner: &Spawner, change: Change) -> Result<(String, Vec<NodeId>), Error> {
@@ -204,11 +210,26 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
             }
             groups.entry(sources).or_default().push(p);
         }
-        // The groups copy side by side: each one alternates between reading its sources and
-        // waiting for its receiver's sync, so one at a time left the machine idle a fifth of
-        // the time. A chunk bounds how many run (and the memory: two batches each).
+        // Up to COPIES_AT_ONCE groups copy side by side: each alternates between reading its
+        // sources and waiting for its receiver's sync, so one at a time left the machine idle
+        // a fifth of the time. Each holds at most two batches of a few MiB, so memory stays
+        // bounded whatever the values' sizes.
         let mut copies = tokio::task::JoinSet::new();
-        for (ids, parts) in groups {
+        let mut groups = groups.into_iter();
+        loop {
+            let group = match copies.len() < COPIES_AT_ONCE {
+                true => groups.next(),
+                false => None,
+            };
+            let Some((ids, parts)) = group else {
+                let Some(joined) = copies.join_next().await else { break };
+                let part: RepairReport = joined??;
+                report.partitions_checked += part.partitions_checked;
+                report.partitions_differing += part.partitions_differing;
+                report.keys_repaired += part.keys_repaired;
+                report.bytes_repaired += part.bytes_repaired;
+                continue;
+            };
             let mut members = Vec::with_capacity(ids.len());
             for x in cluster.replicas(&ids) {
                 members.push((x.id, x.link.ok_or_else(|| anyhow::anyhow!("node {} went away", x.id))?));
@@ -217,13 +238,6 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
                 let mut report = RepairReport::default();
                 repair::sync_partitions(&members, &parts, repair::Compare::AllKeys, &mut report).await.map(|()| report)
             });
-        }
-        while let Some(joined) = copies.join_next().await {
-            let part = joined??;
-            report.partitions_checked += part.partitions_checked;
-            report.partitions_differing += part.partitions_differing;
-            report.keys_repaired += part.keys_repaired;
-            report.bytes_repaired += part.bytes_repaired;
         }
         // Switch the chunk: on disk first, then in memory, so a crash never switches back.
         let reg = cluster.membership.lock().await;
@@ -266,43 +280,21 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
 /// running, and copying to them whatever the leaving node has that they lack succeeded, so
 /// each of its records is now on W of its new owners. With fewer (new owners down), the
 /// leaving node would be the only "confirmed" holder; its database is kept.
+///
+/// A worker restarting at that moment (crashed, killed, found hung) only delays the
+/// confirmation: it is tried again for up to [`CONFIRM_PATIENCE`] before the database is
+/// quarantined, so a node that left cleanly does not end up in quarantine for a hiccup.
 async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring) {
-    let leaving = cluster.replica(id);
-    let running = leaving.takes_writes();
-    let confirmed: Result<(), String> = match leaving.link.filter(|_| running) {
-        None => Err(format!("node {id} is not running")),
-        Some(link) => {
-            let running = |n: NodeId| cluster.replica(n).takes_writes();
-            match confirmation_groups(id, before, after, cluster.write_quorum(), running) {
-                Err(why) => Err(why),
-                Ok(groups) => {
-                    let mut report = RepairReport::default();
-                    let mut outcome = Ok(());
-                    // Copying whatever the leaving node has that the new owners lack is the
-                    // confirmation: afterwards they hold every record it held.
-                    'groups: for (ids, parts) in groups {
-                        let mut members = vec![(id, link.clone())];
-                        for x in cluster.replicas(&ids) {
-                            match x.link {
-                                Some(l) => members.push((x.id, l)),
-                                None => {
-                                    outcome = Err(format!("node {} went away", x.id));
-                                    break 'groups;
-                                }
-                            }
-                        }
-                        for chunk in parts.chunks(CHUNK) {
-                            if let Err(e) =
-                                repair::sync_partitions(&members, chunk, repair::Compare::Digests, &mut report).await
-                            {
-                                outcome = Err(format!("{e:#}"));
-                                break 'groups;
-                            }
-                        }
-                    }
-                    outcome
-                }
+    let deadline = Instant::now() + CONFIRM_PATIENCE;
+    let mut attempt = 0;
+    let confirmed = loop {
+        match confirm(cluster, id, before, after, attempt).await {
+            Err(why) if Instant::now() < deadline => {
+                info!(node = id, reason = %why, "cannot confirm yet the records of a node that left; trying again");
+                tokio::time::sleep(CONFIRM_RETRY).await;
+                attempt += 1;
             }
+            outcome => break outcome,
         }
     };
     let (done, wait) = oneshot::channel();
@@ -322,6 +314,38 @@ async fn retire(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring)
             Err(e) => error!(node = id, error = %e, "cannot move aside the database of a node that left"),
         },
     }
+}
+
+/// Copies to the new owners of node `id`'s partitions whatever it has that they lack; `Ok`
+/// once each of its records is on W of them (see [`retire`]).
+async fn confirm(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring, attempt: u32) -> Result<(), String> {
+    let leaving = cluster.replica(id);
+    let running = leaving.takes_writes();
+    let Some(link) = leaving.link.filter(|_| running) else { return Err(format!("node {id} is not running")) };
+    let running = |n: NodeId| cluster.replica(n).takes_writes();
+    let groups = confirmation_groups(id, before, after, cluster.write_quorum(), running)?;
+    let mut copies = Vec::with_capacity(groups.len());
+    for (ids, parts) in groups {
+        let mut members = vec![(id, link.clone())];
+        for x in cluster.replicas(&ids) {
+            members.push((x.id, x.link.ok_or_else(|| format!("node {} went away", x.id))?));
+        }
+        copies.push((members, parts));
+    }
+    if attempt == 0 {
+        crate::server::pause_point("retire-confirm").await;
+    }
+    // Copying whatever the leaving node has that the new owners lack is the confirmation:
+    // afterwards they hold every record it held.
+    let mut report = RepairReport::default();
+    for (members, parts) in copies {
+        for chunk in parts.chunks(CHUNK) {
+            repair::sync_partitions(&members, chunk, repair::Compare::Digests, &mut report)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The partitions node `id` held in `before`, grouped by the new owners (other than `id`) that
