@@ -305,15 +305,18 @@ impl Keeper {
     /// Runs one worker process until it exits or chd stops it.
     async fn watch(&mut self, generation: u64, spawned: Spawned, respawn: bool) -> Outcome {
         let id = self.id;
-        let Spawned { pid, process, stream, exited } = spawned;
+        let Spawned { pid, process, stream, health, exited } = spawned;
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             let status = exited.await.ok();
             let _ = tx.send(Event::Exited { generation, status });
         });
         self.cluster.update(id, |s| s.pid = Some(pid));
-        let link = match stream.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(stream)) {
-            Ok(s) => WorkerLink::start(s),
+        let tokio_stream = |s: std::os::unix::net::UnixStream| {
+            s.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(s))
+        };
+        let link = match tokio_stream(stream).and_then(|s| Ok((s, tokio_stream(health)?))) {
+            Ok((s, health)) => WorkerLink::start(s, health),
             Err(e) => {
                 error!(node = id, error = %e, "cannot use worker socket");
                 kill(&process);

@@ -25,14 +25,16 @@ use std::sync::{mpsc, Arc, Mutex};
 use chd_data::NodeId;
 use tokio::sync::oneshot;
 
-use crate::worker::WORKER_FD;
+use crate::worker::{HEALTH_FD, WORKER_FD};
 
 pub struct Spawned {
     pub pid: u32,
     /// The only way to signal the worker.
     pub process: Process,
-    /// chd's end of the socketpair.
+    /// chd's end of the socketpair for requests.
     pub stream: UnixStream,
+    /// chd's end of the socketpair for health pings (answered even while a batch syncs).
+    pub health: UnixStream,
     /// Fires with the exit status once the process is gone (and reaped).
     pub exited: oneshot::Receiver<ExitStatus>,
 }
@@ -80,7 +82,8 @@ fn spawn(
     // acknowledges anything written there, or a power cut takes the whole node.
     crate::datadir::create_dir_durable(dir)?;
     let (ours, theirs) = UnixStream::pair()?;
-    let theirs_fd = theirs.as_raw_fd();
+    let (health_ours, health_theirs) = UnixStream::pair()?;
+    let (theirs_fd, health_fd) = (theirs.as_raw_fd(), health_theirs.as_raw_fd());
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
@@ -108,22 +111,23 @@ fn spawn(
             if libc::signal(libc::SIGHUP, libc::SIG_IGN) == libc::SIG_ERR {
                 return Err(io::Error::last_os_error());
             }
-            if theirs_fd == WORKER_FD {
-                // dup2 onto itself would keep close-on-exec set; clear it instead.
-                if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(theirs_fd, WORKER_FD) < 0 {
+            // Each end goes to its fixed fd. Copied above both fds first, so that placing one
+            // never overwrites the other (either may already sit on 3 or 4); dup2 clears
+            // close-on-exec on the copy it makes.
+            let high =
+                [libc::fcntl(theirs_fd, libc::F_DUPFD_CLOEXEC, 10), libc::fcntl(health_fd, libc::F_DUPFD_CLOEXEC, 10)];
+            if high.iter().any(|&fd| fd < 0) || libc::dup2(high[0], WORKER_FD) < 0 || libc::dup2(high[1], HEALTH_FD) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
-    drop(theirs);
+    drop((theirs, health_theirs));
     let pid = child.id();
     let (process, exited) = track(child, &format!("reap-{id}"))?;
-    Ok(Spawned { pid, process, stream: ours, exited })
+    Ok(Spawned { pid, process, stream: ours, health: health_ours, exited })
 }
 
 /// A child process that chd may signal for as long as it holds this, and never after it was

@@ -10,11 +10,13 @@
 //! replicas is encoded once and shared ([`WorkerLink::call_encoded`]): a 32 MiB value costs
 //! chd one copy, not one per replica.
 //!
-//! A `Ping` goes on a queue of its own that the writer empties first: a health check waits for
-//! at most the frame being written, never for the large writes queued before it.
+//! A `Ping` goes over a second socketpair of its own (the health link), which the worker
+//! answers from a thread that never waits for the database: a health check waits neither for
+//! the large writes queued before it nor for a batch's fsync. Ids come from one counter for
+//! both sockets, so replies from either are routed by the same table.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,7 +67,7 @@ struct Queued {
 #[derive(Clone)]
 pub struct WorkerLink {
     tx: mpsc::UnboundedSender<Queued>,
-    /// Pings, written before anything waiting in `tx`.
+    /// Pings, sent over the health link.
     ping_tx: mpsc::UnboundedSender<Queued>,
     closed: Arc<AtomicBool>,
     /// In KiB: a semaphore takes at most u32::MAX permits at once.
@@ -90,31 +92,57 @@ pub fn encode_put(key: &[u8], record: &Record) -> Arc<[u8]> {
 impl WorkerLink {
     /// Starts the link's tasks. The first message of a worker is its hello, delivered on the
     /// returned receiver; `closed` fires when the worker's end of the socket closes.
-    pub fn start(stream: UnixStream) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
+    pub fn start(
+        stream: UnixStream,
+        health: UnixStream,
+    ) -> (WorkerLink, oneshot::Receiver<WorkerHello>, oneshot::Receiver<()>) {
         let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         let (ping_tx, mut ping_rx) = mpsc::unbounded_channel::<Queued>();
         let pending: Pending = Arc::default();
+        let next_id = Arc::new(AtomicU64::new(1));
         let closed = Arc::new(AtomicBool::new(false));
         let (hello_tx, hello_rx) = oneshot::channel();
         let (closed_tx, closed_rx) = oneshot::channel();
 
+        // The health link: pings out, pongs back, one at a time as they come.
+        let (health_rd, mut health_wr) = health.into_split();
+        let (ping_pending, ping_ids) = (pending.clone(), next_id.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(Queued { msg, reply, .. }) = ping_rx.recv().await {
+                let Msg::Plain(msg) = msg else { continue };
+                let id = ping_ids.fetch_add(1, Ordering::Relaxed);
+                ping_pending.lock().expect("pending lock").insert(id, reply);
+                buf.clear();
+                encode_frame(&Frame { id, msg }, &mut buf);
+                if health_wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pong_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut rd = tokio::io::BufReader::with_capacity(4 << 10, health_rd);
+            while let Ok(Some(body)) = read_frame(&mut rd, MAX_WORKER_FRAME).await {
+                let Ok(frame) = chd_data::proto::decode_body::<Frame<WorkerResponse>>(&body) else { break };
+                if let Some(reply) = pong_pending.lock().expect("pending lock").remove(&frame.id) {
+                    let _ = reply.send(frame.msg);
+                }
+            }
+        });
+
         let writer_pending = pending.clone();
         tokio::spawn(async move {
-            let mut next_id = 1u64;
             let mut buf = Vec::new();
             // Written after `buf`: large pre-encoded messages, each with its frame header.
             let mut large: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
             let mut permits = Vec::new();
             loop {
-                let first = tokio::select! {
-                    biased;
-                    Some(ping) = ping_rx.recv() => ping,
-                    Some(q) = rx.recv() => q,
-                    else => break,
-                };
+                let Some(first) = rx.recv().await else { break };
                 let mut item = Some(first);
                 while let Some(Queued { msg, reply, _bytes }) = item.take() {
+                    let next_id = next_id.fetch_add(1, Ordering::Relaxed);
                     writer_pending.lock().expect("pending lock").insert(next_id, reply);
                     match msg {
                         Msg::Plain(req) => encode_frame(&Frame { id: next_id, msg: req }, &mut buf),
@@ -132,10 +160,7 @@ impl WorkerLink {
                         }
                     }
                     permits.push(_bytes);
-                    next_id += 1;
-                    if let Ok(ping) = ping_rx.try_recv() {
-                        item = Some(ping);
-                    } else if buf.len() < (1 << 20) && large.is_empty() {
+                    if buf.len() < (1 << 20) && large.is_empty() {
                         item = rx.try_recv().ok();
                     }
                 }
