@@ -215,21 +215,10 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
         // a fifth of the time. Each holds at most two batches of a few MiB, so memory stays
         // bounded whatever the values' sizes.
         let mut copies = tokio::task::JoinSet::new();
-        let mut groups = groups.into_iter();
-        loop {
-            let group = match copies.len() < COPIES_AT_ONCE {
-                true => groups.next(),
-                false => None,
-            };
-            let Some((ids, parts)) = group else {
-                let Some(joined) = copies.join_next().await else { break };
-                let part: RepairReport = joined??;
-                report.partitions_checked += part.partitions_checked;
-                report.partitions_differing += part.partitions_differing;
-                report.keys_repaired += part.keys_repaired;
-                report.bytes_repaired += part.bytes_repaired;
-                continue;
-            };
+        for (ids, parts) in groups {
+            if copies.len() == COPIES_AT_ONCE {
+                add_counts(&mut report, copies.join_next().await.expect("copies running")??);
+            }
             let mut members = Vec::with_capacity(ids.len());
             for x in cluster.replicas(&ids) {
                 members.push((x.id, x.link.ok_or_else(|| anyhow::anyhow!("node {} went away", x.id))?));
@@ -238,6 +227,9 @@ async fn migrate(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
                 let mut report = RepairReport::default();
                 repair::sync_partitions(&members, &parts, repair::Compare::AllKeys, &mut report).await.map(|()| report)
             });
+        }
+        while let Some(joined) = copies.join_next().await {
+            add_counts(&mut report, joined??);
         }
         // Switch the chunk: on disk first, then in memory, so a crash never switches back.
         let reg = cluster.membership.lock().await;
@@ -426,6 +418,14 @@ pub async fn drop_unowned(cluster: &Arc<Cluster>) {
         });
     }
     while nodes.join_next().await.is_some() {}
+}
+
+/// Adds the counts of one group's copy to the change's report.
+fn add_counts(report: &mut RepairReport, part: RepairReport) {
+    report.partitions_checked += part.partitions_checked;
+    report.partitions_differing += part.partitions_differing;
+    report.keys_repaired += part.keys_repaired;
+    report.bytes_repaired += part.bytes_repaired;
 }
 
 /// A readable owner to read a partition from.

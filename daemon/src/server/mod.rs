@@ -112,22 +112,8 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
         None => None,
     };
     let resp_socket_id = settings.resp_socket.as_deref().and_then(file_id);
-    let resp_tcp = match settings.resp_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("resp_listen: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
-    let metrics_tcp = match settings.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
+    let resp_tcp = listen_tcp(settings.resp_listen, "resp_listen").await?;
+    let metrics_tcp = listen_tcp(settings.metrics_listen, "metrics_listen").await?;
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
@@ -463,6 +449,16 @@ fn count_up(cluster: &Cluster) -> usize {
 }
 
 /// Waits until no node is still starting (or until [`STARTUP_WAIT`]).
+/// A TCP listener on `addr` if the setting named `setting` gives one.
+async fn listen_tcp(
+    addr: Option<std::net::SocketAddr>,
+    setting: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr).await;
+    Ok(Some(listener.with_context(|| format!("{setting}: cannot listen on {addr}"))?))
+}
+
 async fn wait_for_nodes(cluster: &Cluster) {
     let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
     loop {

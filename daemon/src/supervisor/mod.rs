@@ -377,7 +377,7 @@ impl Keeper {
                 loop {
                     tokio::time::sleep(PING_EVERY).await;
                     match link.call(WorkerRequest::Ping, HEALTH_TIMEOUT).await {
-                        // The worker's reader thread answers pings even while a batch runs, so
+                        // The worker's health thread answers pings even while a batch runs, so
                         // a large write is not mistaken for a hang; a batch that makes no
                         // progress for STALL_TIMEOUT is one.
                         Ok(WorkerResponse::Pong { batches, busy_ms }) => {

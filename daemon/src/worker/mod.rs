@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chd_data::proto::{decode_body, encode_frame, read_frame};
+use chd_data::proto::{decode_body, encode_frame, frame_len, read_frame};
 use chd_data::NodeId;
 
 use crate::storage::sled::SledEngine;
@@ -246,7 +246,7 @@ fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<SledEn
     Wal::open(sled, dir)
 }
 
-/// The apply loop's progress, read by the reader thread to answer pings.
+/// The apply loop's progress, read by the health thread to answer pings.
 struct Progress {
     epoch: Instant,
     batches: AtomicU64,
@@ -328,8 +328,7 @@ pub fn serve<E: Engine>(
         progress.start();
         // Each body is dropped once decoded: a batch is not held twice.
         let batch = bodies.into_iter().map(|b| decode_request(&b)).collect::<Result<Vec<_>, Fatal>>();
-        let mut early_out = out.try_clone().map_err(link)?;
-        let early = move |replies: &[Frame<WorkerResponse>]| proto_write(&mut early_out, replies).map_err(link);
+        let early = |replies: &[Frame<WorkerResponse>]| proto_write(&mut out, replies).map_err(link);
         let done = match batch.and_then(|batch| worker.apply_batch(batch, &progress, early)) {
             Ok(done) => done,
             Err(fatal) => {
@@ -367,11 +366,10 @@ fn next_batch(input: &mut io::BufReader<UnixStream>, max_bytes: usize) -> Result
     let mut bytes = first.len();
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
-        // Only a frame already whole in the buffer: the batch never waits for more input.
-        let buffered = input.buffer();
-        let Some(prefix) = buffered.get(..4) else { break };
-        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-        if len > MAX_WORKER_FRAME || buffered.len() < 4 + len || bytes + len > max_bytes {
+        // Only a frame already whole in the buffer: the batch never waits for more input. A
+        // bad length is left for the next call to fail on, after this batch is answered.
+        let Ok(Some(len)) = frame_len(input.buffer(), MAX_WORKER_FRAME) else { break };
+        if bytes + len > max_bytes {
             break;
         }
         let body = read_frame(input, MAX_WORKER_FRAME).map_err(bad)?.expect("a whole frame is buffered");

@@ -93,7 +93,7 @@ pub enum WorkerResponse {
     Hello(WorkerHello),
     Stored(bool),
     Record(Option<Record>),
-    /// Answered by the worker's reader thread even while a batch is being applied, so a slow
+    /// Answered by the worker's health thread even while a batch is being applied, so a slow
     /// batch is not mistaken for a dead worker. `batches`: batches completed so far; `busy_ms`:
     /// how long the current batch has been running (0 when idle). A hung worker shows a growing
     /// `busy_ms` with `batches` unchanged.
