@@ -2,10 +2,12 @@
 //! be made durable on demand.
 //!
 //! The trait is deliberately narrow (get, put, delete, ordered scan, sync) so that the engine
-//! can be replaced (sled is unmaintained; see NOTES) without touching anything above it. The
+//! can be replaced (sled is unmaintained; see NOTES) without touching anything above it: new
+//! databases use [`append::AppendLog`], databases sled created keep [`sled::SledEngine`]. The
 //! record logic (versions, tombstones, counters) lives in [`crate::worker::node`] and is shared
 //! by every engine. One conformance suite ([`tests`]) runs against each engine.
 
+pub mod append;
 #[cfg(test)]
 pub mod memory;
 pub mod sled;
@@ -26,6 +28,27 @@ pub trait Engine: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Bytes the engine occupies on disk (an estimate is fine).
     fn size_on_disk(&self) -> u64;
+}
+
+impl Engine for Box<dyn Engine> {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        (**self).get(key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        (**self).put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+        (**self).delete(key)
+    }
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<Entry>> {
+        (**self).scan(from, to, limit)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn size_on_disk(&self) -> u64 {
+        (**self).size_on_disk()
+    }
 }
 
 #[cfg(test)]

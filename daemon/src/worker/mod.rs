@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use chd_data::proto::{decode_body, encode_frame, frame_len, read_frame};
 use chd_data::NodeId;
 
+use crate::storage::append::AppendLog;
 use crate::storage::sled::SledEngine;
 use crate::storage::wal::Wal;
 use crate::storage::Engine;
@@ -229,21 +230,31 @@ fn panic_is_damage<T>(open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     })
 }
 
-/// Opens sled, waiting a little if the previous worker of this node is still releasing its
-/// directory lock, and the write-ahead log in front of it (which replays what the last
+/// Opens the node's engine, waiting a little if the previous worker of this node is still
+/// releasing its lock, and the write-ahead log in front of it (which replays what the last
 /// worker logged since its last checkpoint).
-fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<SledEngine>> {
+///
+/// A database sled created (it has sled's log file `db`) stays on sled; every new one is an
+/// [`AppendLog`] (smaller on disk and cheaper per write; see its module doc). A node moves to
+/// the append log when it is rebuilt, which starts from an empty directory.
+fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<Box<dyn Engine>>> {
     std::fs::create_dir_all(dir)?;
+    let sled = dir.join("db").exists();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let sled = loop {
-        match SledEngine::open_with_cache(dir, cache_bytes) {
+    let engine: Box<dyn Engine> = loop {
+        let opened = if sled {
+            SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>)
+        } else {
+            AppendLog::open(dir).map(|e| Box::new(e) as Box<dyn Engine>)
+        };
+        match opened {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => break other?,
         }
     };
-    Wal::open(sled, dir)
+    Wal::open(engine, dir)
 }
 
 /// The apply loop's progress, read by the health thread to answer pings.

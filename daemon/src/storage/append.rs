@@ -1,0 +1,671 @@
+//! An append-only log with an in-memory ordered index: the engine of every database created
+//! since sled was replaced (databases sled created keep sled; see `worker::open_engine`).
+//!
+//! Why: sled 0.34 keeps a data dir about 5x the bytes stored (it reclaims a log segment only
+//! once at most half of it is live, a constant, and rewrites whole leaves), and its in-memory
+//! B-tree costs a quarter of a worker's CPU per write. Here a put appends one record and
+//! updates one index entry; the disk holds the live records plus at most [`GARBAGE_RATIO`]
+//! of garbage.
+//!
+//! Files: `<dir>/log/<n>`, segments numbered from 1, written in order, each at most about
+//! [`SEGMENT_BYTES`]. Records are appended to a buffer, written to the newest segment when
+//! the buffer fills or at [`Engine::sync`], which fdatasyncs every segment written since the
+//! last sync (and the directory when files came or went). The write-ahead log in front
+//! ([`super::wal`]) calls `sync` only at its checkpoints: a batch is durable through the
+//! write-ahead log, and this log is its checkpointed state.
+//!
+//! Record: `len: u32 LE (whole record) | crc: u32 LE (crc32 of the rest) | tag: u8 | klen:
+//! u32 LE | key | value`. `tag` is [`PUT`] or [`DELETE`] (a delete has no value).
+//!
+//! Index: every live key maps to where its value is (segment, offset, length). Reads are one
+//! `pread` (from the kernel's page cache when warm), or a copy from the buffer.
+//!
+//! Recovery ([`AppendLog::open`]) reads the segments in order and applies their records; the
+//! first record that is torn (short, zero, or failing its crc) ends the log, and nothing after
+//! it, in that segment or a later one, is applied. So the engine comes back holding a prefix
+//! of its puts and deletes, in order, including everything before the last returned `sync`
+//! (what the write-ahead log's replay and the node layer's counters rely on). A damaged byte
+//! *before* the last sync also ends the log there, silently: the write-ahead log then finds
+//! its checkpoint record missing and refuses the database as damaged. The cut is made
+//! durable (that segment truncated, later ones removed) by the first `sync` after open, not
+//! by `open`: a database refused as damaged is set aside exactly as it was found.
+//! New records always go to a new segment, numbered above every file present.
+//!
+//! Compaction: when garbage (replaced or deleted records) exceeds [`GARBAGE_RATIO`] of the
+//! live bytes, the oldest segment's live records are appended again and the segment is
+//! unlinked after the next `sync` has made the copies durable. A segment that comes back
+//! after a crash (its unlink lost) is harmless: it is older than every copy, so the copies
+//! win. Compaction runs inside `put`/`delete`, before the write-ahead log's checkpoint record,
+//! so that record is always the last before a sync: a damaged copy cannot go unnoticed.
+//! A delete record is copied too unless its segment is the oldest one left on disk, with no
+//! unlink pending: only then can no older put of its key come back.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::Engine;
+
+/// A new segment is started once the current one holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// The buffer is written to the segment (not synced) once it holds this many bytes.
+const BUFFER_BYTES: usize = 1 << 20;
+/// Compaction starts when the garbage exceeds this fraction of the live bytes.
+pub const GARBAGE_RATIO: f64 = 0.4;
+/// No compaction while the whole log is smaller than this many segments: not worth a rewrite.
+const MIN_COMPACT_SEGMENTS: u64 = 4;
+const HEADER: usize = 4 + 4 + 1 + 4;
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+
+/// Where a live key's value is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Loc {
+    segment: u32,
+    /// Offset of the value in the segment. A segment holds records up to its size limit,
+    /// or one record (at most 4 GiB) that is larger, so this fits.
+    at: u32,
+    len: u32,
+    /// Length of the whole record (for the garbage accounting).
+    record: u32,
+}
+
+/// An index key: the key, and its first [`HEAD`] bytes inline (zero-padded), compared first.
+///
+/// Why: a B-tree search compares the sought key with several keys of each node it passes;
+/// with the key only behind a pointer each comparison is a cache miss, and that made a
+/// worker's start (one search per record) take 0.5 s of CPU for 750k records. Comparing the
+/// heads decides almost every comparison without following the pointer. Order is the key's
+/// byte order: heads that differ differ first at a byte where the keys differ, or where the
+/// shorter key ends (padding 0) and the longer has a non-zero byte.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    head: [u8; HEAD],
+    key: Box<[u8]>,
+}
+
+const HEAD: usize = 16;
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        let mut head = [0; HEAD];
+        let n = key.len().min(HEAD);
+        head[..n].copy_from_slice(&key[..n]);
+        Key { head, key: key.into() }
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.head.cmp(&other.head).then_with(|| self.key.cmp(&other.key))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct Segment {
+    file: File,
+    /// Bytes written to the file.
+    len: u64,
+}
+
+pub struct AppendLog {
+    dir: PathBuf,
+    /// [`SEGMENT_BYTES`], smaller in tests.
+    segment_bytes: u64,
+    index: BTreeMap<Key, Loc>,
+    /// Every segment on disk that is read, including the newest (being written).
+    segments: BTreeMap<u32, Segment>,
+    /// The newest segment, where records go; its file is created on first write.
+    active: u32,
+    /// Records not yet written to `active` (they start at `segments[active].len`).
+    buf: Vec<u8>,
+    live_bytes: u64,
+    total_bytes: u64,
+    /// Segments written since the last sync.
+    unsynced: Vec<u32>,
+    dir_dirty: bool,
+    /// Compacted segments, unlinked by the next sync.
+    compacted: Vec<u32>,
+    /// Left by `open` for the first sync: (segment, valid length) to truncate, and later
+    /// segments to remove, all past the end of the log.
+    cut: Option<(u32, u64, Vec<u32>)>,
+    /// Holds the directory's lock (`flock`) for as long as the engine lives.
+    _lock: File,
+}
+
+fn corrupt(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// One record parsed from a segment: tag, key, value, and where the value starts.
+struct Parsed<'a> {
+    tag: u8,
+    key: &'a [u8],
+    value: &'a [u8],
+    value_at: usize,
+    len: usize,
+}
+
+/// The record at the start of `b`, or `None` where the log ends (torn, zeroed or altered).
+fn parse(b: &[u8]) -> Option<Parsed<'_>> {
+    if b.len() < HEADER {
+        return None;
+    }
+    let len = u32_at(b, 0) as usize;
+    if len < HEADER || len > b.len() || crc32fast::hash(&b[8..len]) != u32_at(b, 4) {
+        return None;
+    }
+    let tag = b[8];
+    let klen = u32_at(b, 9) as usize;
+    if klen > len - HEADER || (tag != PUT && tag != DELETE) || (tag == DELETE && klen != len - HEADER) {
+        return None;
+    }
+    let key = &b[HEADER..HEADER + klen];
+    Some(Parsed { tag, key, value: &b[HEADER + klen..len], value_at: HEADER + klen, len })
+}
+
+fn encode(buf: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
+    let start = buf.len();
+    let len = HEADER + key.len() + value.len();
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.push(tag);
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(value);
+    let crc = crc32fast::hash(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn lock(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                io::Error::new(io::ErrorKind::WouldBlock, format!("{} is held by another process", path.display()))
+            }
+            _ => e,
+        });
+    }
+    Ok(f)
+}
+
+impl AppendLog {
+    /// Opens (or creates) the log in `<dir>/log`, rebuilding the index from its records.
+    /// `WouldBlock` if another process holds it.
+    pub fn open(dir: &Path) -> io::Result<AppendLog> {
+        AppendLog::open_with(dir, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<AppendLog> {
+        let dir = dir.join("log");
+        let created = !dir.exists();
+        fs::create_dir_all(&dir)?;
+        if created {
+            File::open(dir.parent().expect("log dir has a parent"))?.sync_all()?;
+        }
+        let lock = lock(&dir.join("LOCK"))?;
+        let mut numbers = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            if let Some(n) = name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        let mut log = AppendLog {
+            dir,
+            segment_bytes,
+            index: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            active: numbers.last().copied().unwrap_or(0) + 1,
+            buf: Vec::new(),
+            live_bytes: 0,
+            total_bytes: 0,
+            unsynced: Vec::new(),
+            dir_dirty: false,
+            compacted: Vec::new(),
+            cut: None,
+            _lock: lock,
+        };
+        let mut data = Vec::new();
+        for (i, &n) in numbers.iter().enumerate() {
+            let mut file = OpenOptions::new().read(true).write(true).open(log.segment_path(n))?;
+            data.clear();
+            io::Read::read_to_end(&mut file, &mut data)?;
+            let valid = log.apply(n, &data);
+            log.segments.insert(n, Segment { file, len: valid as u64 });
+            log.total_bytes += valid as u64;
+            if valid < data.len() {
+                log.cut = Some((n, valid as u64, numbers[i + 1..].to_vec()));
+                break;
+            }
+        }
+        Ok(log)
+    }
+
+    fn segment_path(&self, n: u32) -> PathBuf {
+        self.dir.join(n.to_string())
+    }
+
+    /// Applies the records at the start of segment `n`'s `data`; returns how many bytes of
+    /// it are whole records.
+    fn apply(&mut self, n: u32, data: &[u8]) -> usize {
+        let mut at = 0;
+        while let Some(r) = parse(&data[at..]) {
+            let loc = Loc { segment: n, at: (at + r.value_at) as u32, len: r.value.len() as u32, record: r.len as u32 };
+            if r.tag == PUT {
+                // One search of the index per record (`index_put` makes two for a new key):
+                // this loop is most of a worker's start.
+                self.live_bytes += u64::from(loc.record);
+                match self.index.entry(Key::new(r.key)) {
+                    Entry::Occupied(mut old) => self.live_bytes -= u64::from(old.insert(loc).record),
+                    Entry::Vacant(slot) => {
+                        slot.insert(loc);
+                    }
+                }
+            } else {
+                self.index_delete(r.key);
+            }
+            at += r.len;
+        }
+        at
+    }
+
+    fn index_put(&mut self, key: &[u8], loc: Loc) {
+        self.live_bytes += u64::from(loc.record);
+        if let Some(old) = self.index.insert(Key::new(key), loc) {
+            self.live_bytes -= u64::from(old.record);
+        }
+    }
+
+    fn index_delete(&mut self, key: &[u8]) {
+        if let Some(old) = self.index.remove(&Key::new(key)) {
+            self.live_bytes -= u64::from(old.record);
+        }
+    }
+
+    /// Appends a record to the buffer (starting a new segment first if the current one is
+    /// full) and returns where its value is.
+    fn append(&mut self, tag: u8, key: &[u8], value: &[u8]) -> io::Result<Loc> {
+        let len = (HEADER + key.len() + value.len()) as u64;
+        let written = self.segments.get(&self.active).map_or(0, |s| s.len);
+        if written + self.buf.len() as u64 > 0 && written + self.buf.len() as u64 + len > self.segment_bytes {
+            self.write_buffer()?;
+            self.active += 1;
+        }
+        let start = self.segments.get(&self.active).map_or(0, |s| s.len) + self.buf.len() as u64;
+        encode(&mut self.buf, tag, key, value);
+        self.total_bytes += len;
+        if self.buf.len() >= BUFFER_BYTES {
+            self.write_buffer()?;
+        }
+        Ok(Loc {
+            segment: self.active,
+            at: (start + (HEADER + key.len()) as u64) as u32,
+            len: value.len() as u32,
+            record: len as u32,
+        })
+    }
+
+    /// Writes the buffer to the active segment (creating its file), without syncing.
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if !self.segments.contains_key(&self.active) {
+            let file =
+                OpenOptions::new().read(true).write(true).create_new(true).open(self.segment_path(self.active))?;
+            self.segments.insert(self.active, Segment { file, len: 0 });
+            self.dir_dirty = true;
+        }
+        let seg = self.segments.get_mut(&self.active).expect("just inserted");
+        seg.file.write_all_at(&self.buf, seg.len)?;
+        seg.len += self.buf.len() as u64;
+        self.buf.clear();
+        if self.unsynced.last() != Some(&self.active) {
+            self.unsynced.push(self.active);
+        }
+        Ok(())
+    }
+
+    fn read(&self, loc: Loc) -> io::Result<Vec<u8>> {
+        let len = loc.len as usize;
+        let mut v = vec![0; len];
+        let written = self.segments.get(&loc.segment).map_or(0, |s| s.len);
+        let at = u64::from(loc.at);
+        if loc.segment == self.active && at >= written {
+            let from = (at - written) as usize;
+            v.copy_from_slice(&self.buf[from..from + len]);
+        } else {
+            let seg =
+                self.segments.get(&loc.segment).ok_or_else(|| corrupt(format!("segment {} is gone", loc.segment)))?;
+            seg.file.read_exact_at(&mut v, at)?;
+        }
+        Ok(v)
+    }
+
+    /// Compacts the oldest segment if the garbage is over its bound. One segment per call, so
+    /// that a call never stalls for long and never needs more than one segment of free space
+    /// (within the worker's disk reserve); one record per call adds far less garbage.
+    fn maybe_compact(&mut self) -> io::Result<()> {
+        let garbage = self.total_bytes.saturating_sub(self.live_bytes);
+        if self.total_bytes < MIN_COMPACT_SEGMENTS * self.segment_bytes
+            || (garbage as f64) <= GARBAGE_RATIO * self.live_bytes as f64
+            || self.cut.is_some()
+        {
+            return Ok(());
+        }
+        match self.segments.keys().next() {
+            Some(&oldest) if oldest != self.active => self.compact(oldest),
+            _ => Ok(()),
+        }
+    }
+
+    fn compact(&mut self, n: u32) -> io::Result<()> {
+        let seg = self.segments.get(&n).expect("compacting a known segment");
+        let mut data = vec![0; seg.len as usize];
+        seg.file.read_exact_at(&mut data, 0)?;
+        // Delete records may be dropped only if no older segment can come back.
+        let drop_deletes = self.compacted.is_empty();
+        let mut at = 0;
+        while at < data.len() {
+            let r = parse(&data[at..]).ok_or_else(|| corrupt(format!("segment {n}: a bad record at offset {at}")))?;
+            let here =
+                Loc { segment: n, at: (at + r.value_at) as u32, len: r.value.len() as u32, record: r.len as u32 };
+            if r.tag == PUT && self.index.get(&Key::new(r.key)) == Some(&here) {
+                let loc = self.append(PUT, r.key, r.value)?;
+                self.index_put(r.key, loc);
+            } else if r.tag == DELETE && !drop_deletes && !self.index.contains_key(&Key::new(r.key)) {
+                self.append(DELETE, r.key, &[])?;
+            }
+            at += r.len;
+        }
+        let seg = self.segments.remove(&n).expect("compacting a known segment");
+        self.total_bytes -= seg.len;
+        self.unsynced.retain(|&u| u != n);
+        self.compacted.push(n);
+        Ok(())
+    }
+
+    /// Makes the cut `open` found durable: the torn segment truncated, later ones removed.
+    fn apply_cut(&mut self) -> io::Result<()> {
+        let Some((n, valid, later)) = self.cut.take() else { return Ok(()) };
+        let seg = &self.segments[&n].file;
+        seg.set_len(valid)?;
+        seg.sync_all()?;
+        for m in later {
+            fs::remove_file(self.segment_path(m))?;
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Engine for AppendLog {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.index.get(&Key::new(key)).map(|&loc| self.read(loc)).transpose()
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if u32::try_from(HEADER + key.len() + value.len()).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record over 4 GiB"));
+        }
+        // Before the record, so that the last record before a sync is the caller's (the
+        // write-ahead log's checkpoint record; see the module doc).
+        self.maybe_compact()?;
+        let loc = self.append(PUT, key, value)?;
+        self.index_put(key, loc);
+        Ok(())
+    }
+    fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+        if !self.index.contains_key(&Key::new(key)) {
+            // Already absent at every point of the log that recovery could stop at since the
+            // key was last deleted (or never put): no record needed.
+            return Ok(());
+        }
+        self.maybe_compact()?;
+        self.append(DELETE, key, &[])?;
+        self.index_delete(key);
+        Ok(())
+    }
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<super::Entry>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.index
+            .range(Key::new(from)..Key::new(to))
+            .take(limit)
+            .map(|(k, &loc)| Ok((k.key.to_vec(), self.read(loc)?)))
+            .collect()
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.apply_cut()?;
+        self.write_buffer()?;
+        for n in std::mem::take(&mut self.unsynced) {
+            if let Some(seg) = self.segments.get(&n) {
+                seg.file.sync_data()?;
+            }
+        }
+        if std::mem::take(&mut self.dir_dirty) {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        if !self.compacted.is_empty() {
+            for n in std::mem::take(&mut self.compacted) {
+                fs::remove_file(self.segment_path(n))?;
+            }
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.total_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Small segments, so that a test makes many of them.
+    const SEG: u64 = 4096;
+
+    fn open(dir: &Path) -> AppendLog {
+        AppendLog::open_with(dir, SEG).unwrap()
+    }
+
+    fn state(e: &AppendLog) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        e.scan(b"", &[0xff; 8], usize::MAX).unwrap().into_iter().collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = fs::read_dir(dir.join("log"))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let n = e.file_name().to_str()?.parse().ok()?;
+                Some((n, e.metadata().unwrap().len()))
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn conforms_persists_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = AppendLog::open(dir.path()).unwrap();
+            crate::storage::tests::conformance(&mut e);
+            let busy = AppendLog::open(dir.path()).err().expect("a second open must fail");
+            assert_eq!(busy.kind(), io::ErrorKind::WouldBlock, "{busy}");
+        }
+        let e = AppendLog::open(dir.path()).unwrap();
+        assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
+        assert_eq!(e.get(b"c").unwrap(), None);
+        assert!(e.size_on_disk() > 0);
+    }
+
+    /// Random puts, deletes, syncs and crashes of the process (the engine dropped without a
+    /// sync: its buffer is lost, what it wrote stays): after each crash the engine holds the
+    /// state after some operation at or after the last sync, and never anything else.
+    #[test]
+    fn after_a_crash_it_holds_a_prefix_of_its_writes_that_includes_every_sync() {
+        for seed in 1..=4u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut e = open(dir.path());
+            let mut model = BTreeMap::new();
+            // The model after each operation since the last sync (the first: at the sync).
+            let mut since_sync = vec![model.clone()];
+            for step in 0..6000 {
+                match rng.below(100) {
+                    0..=59 => {
+                        let k = format!("k{}", rng.below(300)).into_bytes();
+                        let v = vec![step as u8; rng.below(400) as usize];
+                        e.put(&k, &v).unwrap();
+                        model.insert(k, v);
+                    }
+                    60..=84 => {
+                        let k = format!("k{}", rng.below(300)).into_bytes();
+                        e.delete(&k).unwrap();
+                        model.remove(&k);
+                    }
+                    85..=96 => {
+                        e.sync().unwrap();
+                        since_sync.clear();
+                    }
+                    _ => {
+                        drop(e);
+                        e = open(dir.path());
+                        let got = state(&e);
+                        let at = since_sync.iter().position(|m| *m == got);
+                        assert!(at.is_some(), "seed {seed} step {step}: recovered a state that never was");
+                        model = got;
+                        since_sync.clear();
+                    }
+                }
+                since_sync.push(model.clone());
+                assert_eq!(e.get(b"k7").unwrap(), model.get(&b"k7"[..]).cloned());
+            }
+            e.sync().unwrap();
+            assert_eq!(state(&e), model);
+            drop(e);
+            assert_eq!(state(&open(dir.path())), model, "seed {seed}: a synced state did not come back");
+        }
+    }
+
+    /// Overwrites and deletes keep the files within the garbage bound, and compaction loses
+    /// nothing: not a value, and not a delete (a dropped delete record must not let an older
+    /// put come back).
+    #[test]
+    fn compaction_bounds_the_garbage_and_keeps_every_value_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        let mut model = BTreeMap::new();
+        let mut rng = Rng(42);
+        for round in 0..40u32 {
+            for i in 0..200u32 {
+                let k = format!("key-{i:04}").into_bytes();
+                if rng.below(4) == 0 {
+                    e.delete(&k).unwrap();
+                    model.remove(&k);
+                } else {
+                    let v = format!("{round}-{i}-{}", "x".repeat(rng.below(100) as usize)).into_bytes();
+                    e.put(&k, &v).unwrap();
+                    model.insert(k, v);
+                }
+            }
+            e.sync().unwrap();
+            let on_disk: u64 = segment_files(dir.path()).iter().map(|s| s.1).sum();
+            assert_eq!(on_disk, e.size_on_disk(), "round {round}");
+            let bound = (e.live_bytes as f64 * (1.0 + GARBAGE_RATIO)) as u64 + 4 * SEG;
+            assert!(on_disk <= bound.max(MIN_COMPACT_SEGMENTS * SEG + SEG), "round {round}: {on_disk} > {bound}");
+        }
+        assert!(segment_files(dir.path())[0].0 > 10, "no segment was ever compacted");
+        assert_eq!(state(&e), model);
+        drop(e);
+        assert_eq!(state(&open(dir.path())), model);
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_log_and_writes_after_it_survive_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        for i in 0..50u32 {
+            e.put(&i.to_be_bytes(), &[1; 300]).unwrap();
+        }
+        e.sync().unwrap();
+        let synced = state(&e);
+        e.put(b"late", b"not synced").unwrap();
+        e.write_buffer().unwrap();
+        drop(e);
+        // A power cut: the last record is half there, and a later segment holds garbage.
+        let files = segment_files(dir.path());
+        let (last, len) = *files.last().unwrap();
+        let path = dir.path().join("log").join(last.to_string());
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        fs::write(dir.path().join("log").join((last + 1).to_string()), [0xa5; 100]).unwrap();
+
+        let mut e = open(dir.path());
+        assert_eq!(state(&e), synced);
+        e.put(b"after", b"the cut").unwrap();
+        e.sync().unwrap();
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(e.get(b"after").unwrap(), Some(b"the cut".to_vec()), "a write after the cut was lost");
+        assert_eq!(e.get(b"late").unwrap(), None);
+        assert_eq!(state(&e).len(), synced.len() + 1);
+    }
+
+    /// A damaged byte before the last checkpoint ends the log early; the write-ahead log in
+    /// front then refuses the database, and the refusal changes no file (it is set aside as
+    /// it was found).
+    #[test]
+    fn damage_before_the_last_checkpoint_is_refused_and_left_as_it_was() {
+        use crate::storage::wal::Wal;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut wal = Wal::open(open(dir.path()), dir.path()).unwrap();
+            for i in 0..100u32 {
+                wal.put(&i.to_be_bytes(), &[2; 200]).unwrap();
+                wal.sync().unwrap();
+            }
+        }
+        // Reopening checkpoints: everything above is now in the append log, synced.
+        drop(Wal::open(open(dir.path()), dir.path()).unwrap());
+        let files = segment_files(dir.path());
+        assert!(files.len() > 3, "{files:?}");
+        let path = dir.path().join("log").join(files[1].0.to_string());
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], 100).unwrap();
+        let before = segment_files(dir.path());
+        let err = Wal::open(open(dir.path()), dir.path()).err().expect("a damaged database must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(segment_files(dir.path()), before);
+    }
+}
