@@ -72,7 +72,8 @@ pub struct ConfigArgs {
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
     pub tombstone_grace: Option<String>,
-    /// Page cache of each worker's database, in MiB [default: 32].
+    /// Page cache of each worker's sled database, in MiB (only databases sled created; newer
+    /// ones read through the kernel's page cache) [default: 32].
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
     /// chd's cache of the current values of recently used keys, in MiB; 0 turns it off
@@ -203,7 +204,7 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// See [`crate::tombstones`].
     pub tombstone_grace: std::time::Duration,
-    /// Page cache of each worker's database, in MiB.
+    /// Page cache of each worker's sled database, in MiB (databases sled created).
     pub cache_mib: u64,
     /// chd's cache of current values, in MiB (0: off).
     pub read_cache_mib: u64,

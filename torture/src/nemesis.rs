@@ -409,7 +409,7 @@ impl<'a> Nemesis<'a> {
             FaultKind::Corrupt => {
                 let n = self.target(p.pick).ok_or(NoTarget)?;
                 r.node = Some(n.id);
-                let db = self.cluster.node_dir(n.id).join("db");
+                let db = database_file(&self.cluster.node_dir(n.id), p.pick)?;
                 let mut garbage = [0u8; 4096];
                 Rng::new(p.pick).fill(&mut garbage);
                 if p.pick & 1 == 0 {
@@ -498,6 +498,24 @@ fn wait_gone(pid: u32) {
 }
 
 /// Overwrites `garbage.len()` bytes in the middle of `path`.
+/// A file of a node's database to corrupt: one of the append log's segments (`log/<n>`,
+/// chosen by `pick`), or sled's log `db` for a database sled created.
+fn database_file(node_dir: &Path, pick: u64) -> anyhow::Result<std::path::PathBuf> {
+    let mut segments: Vec<std::path::PathBuf> = match std::fs::read_dir(node_dir.join("log")) {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    segments.sort();
+    if segments.is_empty() {
+        return Ok(node_dir.join("db"));
+    }
+    Ok(segments.swap_remove((pick % segments.len() as u64) as usize))
+}
+
 fn overwrite_middle(path: &Path, garbage: &[u8]) -> anyhow::Result<String> {
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
     let len = f.metadata()?.len();

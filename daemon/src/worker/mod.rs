@@ -1051,11 +1051,12 @@ mod tests {
     }
 }
 
-/// The real sled on a real full filesystem (a tmpfs, so root only; skipped otherwise).
+/// The real engines on a real full filesystem (a tmpfs, so root only; skipped otherwise).
 #[cfg(test)]
 mod enospc_tests {
     use super::*;
     use chd_data::Record;
+    use std::path::Path;
     use std::process::Command;
 
     struct Tmpfs(PathBuf);
@@ -1090,16 +1091,25 @@ mod enospc_tests {
         }
     }
 
+    fn sled(dir: &Path) -> Box<dyn Engine> {
+        Box::new(SledEngine::open(dir).unwrap())
+    }
+
+    /// What a worker opens for a new database: the append log behind the write-ahead log.
+    fn append_log(dir: &Path) -> Box<dyn Engine> {
+        Box::new(open_engine(dir, 32 << 20).unwrap())
+    }
+
     /// What happens when the space check is passed and the disk fills anyway (another process
-    /// took the space): sled fails with ENOSPC, the worker stops with `DiskFull` (not
+    /// took the space): the engine fails with ENOSPC, the worker stops with `DiskFull` (not
     /// `BadDatabase`, so chd does not set the database aside), does not hang, does not answer
     /// the failed batch, and every write it did answer is in the database.
-    fn enospc_case(value_len: usize) {
+    fn enospc_case(value_len: usize, fs_size: &str, open: fn(&Path) -> Box<dyn Engine>) {
         let outer = tempfile::tempdir().unwrap();
-        let Some(fs) = mount(&outer.path().join("mnt"), "4m") else { return };
+        let Some(fs) = mount(&outer.path().join("mnt"), fs_size) else { return };
         let dir = fs.0.join("db");
         std::fs::create_dir_all(&dir).unwrap();
-        let node = Node::open(SledEngine::open(&dir).unwrap(), &dir, 4).unwrap();
+        let node = Node::open(open(&dir), &dir, 4).unwrap();
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         let (_health, health_theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
@@ -1148,12 +1158,12 @@ mod enospc_tests {
         let fatal = stopped.expect("the worker stopped").expect_err("not a clean stop");
         assert_eq!(fatal.failure, Failure::DiskFull, "{}", fatal.why);
         assert!(!acked.is_empty());
-        // The database as a crash at this moment would leave it (the failed worker's sled still
-        // holds the lock here, so a copy is opened).
+        // The database as a crash at this moment would leave it (the failed worker's engine
+        // still holds the lock here, so a copy is opened).
         let copy = tempfile::tempdir().unwrap();
         assert!(Command::new("cp").arg("-a").arg(&dir).arg(copy.path()).status().unwrap().success());
         let copied = copy.path().join("db");
-        let node = Node::open(SledEngine::open(&copied).unwrap(), &copied, 4).unwrap();
+        let node = Node::open(open(&copied), &copied, 4).unwrap();
         for (key, i) in &acked {
             let r = node.get(key).unwrap().unwrap_or_else(|| panic!("acknowledged write {i} lost"));
             assert_eq!(r.version, u64::from(*i) + 1);
@@ -1162,11 +1172,23 @@ mod enospc_tests {
 
     #[test]
     fn sled_out_of_space_with_small_values_stops_the_worker_as_disk_full() {
-        enospc_case(20_000);
+        enospc_case(20_000, "4m", sled);
     }
 
     #[test]
     fn sled_out_of_space_with_blob_values_stops_the_worker_as_disk_full() {
-        enospc_case(300_000);
+        enospc_case(300_000, "4m", sled);
+    }
+
+    /// Values small enough to stay in the engine: the append log's segments fill the disk
+    /// (the write-ahead log, 8 MiB, is preallocated when the database is created).
+    #[test]
+    fn append_log_out_of_space_stops_the_worker_as_disk_full() {
+        enospc_case(1_000, "12m", append_log);
+    }
+
+    #[test]
+    fn append_log_out_of_space_with_value_files_stops_the_worker_as_disk_full() {
+        enospc_case(20_000, "12m", append_log);
     }
 }
