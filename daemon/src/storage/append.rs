@@ -574,8 +574,18 @@ mod tests {
     /// Small segments, so that a test makes many of them.
     const SEG: u64 = 4096;
 
+    /// Opens, waiting while the lock of the previous engine is still held: a process that
+    /// another test forks inherits the lock's descriptor until it execs.
     fn open(dir: &Path) -> AppendLog {
-        AppendLog::open_with(dir, SEG).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match AppendLog::open_with(dir, SEG) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn state(e: &AppendLog) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -635,7 +645,7 @@ mod tests {
             let busy = AppendLog::open(dir.path()).err().expect("a second open must fail");
             assert_eq!(busy.kind(), io::ErrorKind::WouldBlock, "{busy}");
         }
-        let e = AppendLog::open(dir.path()).unwrap();
+        let e = open(dir.path());
         assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
         assert_eq!(e.get(b"c").unwrap(), None);
         assert!(e.size_on_disk() > 0);
