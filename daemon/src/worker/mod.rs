@@ -700,6 +700,31 @@ mod tests {
         assert_eq!(classify(&e), Failure::BadDatabase, "{e}");
     }
 
+    /// A database sled created keeps working on sled after an upgrade; a new one is an append
+    /// log. Each is recognized by its files, never converted behind the user's back.
+    #[test]
+    fn a_sled_database_stays_on_sled_and_a_new_one_is_an_append_log() {
+        let old = tempfile::tempdir().unwrap();
+        {
+            // As chd before the append log wrote it: sled behind the write-ahead log.
+            let mut e = Wal::open(SledEngine::open_with_cache(old.path(), 1 << 20).unwrap(), old.path()).unwrap();
+            e.put(b"k", b"from sled").unwrap();
+            e.sync().unwrap();
+        }
+        let e = open_engine(old.path(), 1 << 20).unwrap();
+        assert_eq!(e.get(b"k").unwrap(), Some(b"from sled".to_vec()));
+        assert!(!old.path().join("log").exists(), "a sled database grew an append log");
+
+        let new = tempfile::tempdir().unwrap();
+        {
+            let mut e = open_engine(new.path(), 1 << 20).unwrap();
+            e.put(b"k", b"new").unwrap();
+            e.sync().unwrap();
+        }
+        assert!(new.path().join("log").is_dir() && !new.path().join("db").exists());
+        assert_eq!(open_engine(new.path(), 1 << 20).unwrap().get(b"k").unwrap(), Some(b"new".to_vec()));
+    }
+
     /// Free space as a test sets it.
     #[derive(Clone)]
     struct FakeDisk(Arc<AtomicU64>);
