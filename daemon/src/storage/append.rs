@@ -14,8 +14,10 @@
 //! ([`super::wal`]) calls `sync` only at its checkpoints: a batch is durable through the
 //! write-ahead log, and this log is its checkpointed state.
 //!
-//! Record: `len: u32 LE (whole record) | crc: u32 LE (crc32 of the rest) | tag: u8 | klen:
-//! u32 LE | key | value`. `tag` is [`PUT`] or [`DELETE`] (a delete has no value).
+//! Record: `len: u32 LE (whole record) | crc: u32 LE | tag: u8 | klen: u32 LE | key | value`.
+//! `tag` is [`PUT`] or [`DELETE`] (a delete has no value). The crc32 covers the segment's
+//! number and the rest of the record, so a record read from any other file (a block of a
+//! deleted segment that a filesystem without data ordering shows after a crash) fails it.
 //!
 //! Index: every live key maps to where its value is (segment, offset, length). Reads are one
 //! `pread` (from the kernel's page cache when warm), or a copy from the buffer.
@@ -215,12 +217,12 @@ struct Parsed<'a> {
 }
 
 /// The record at the start of `b`, or `None` where the log ends (torn, zeroed or altered).
-fn parse(b: &[u8]) -> Option<Parsed<'_>> {
+fn parse(segment: u32, b: &[u8]) -> Option<Parsed<'_>> {
     if b.len() < HEADER {
         return None;
     }
     let len = u32_at(b, 0) as usize;
-    if len < HEADER || len > b.len() || crc32fast::hash(&b[8..len]) != u32_at(b, 4) {
+    if len < HEADER || len > b.len() || crc(segment, &b[8..len]) != u32_at(b, 4) {
         return None;
     }
     let tag = b[8];
@@ -232,7 +234,14 @@ fn parse(b: &[u8]) -> Option<Parsed<'_>> {
     Some(Parsed { tag, key, value: &b[HEADER + klen..len], value_at: HEADER + klen, len })
 }
 
-fn encode(buf: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
+fn crc(segment: u32, rest: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&segment.to_le_bytes());
+    h.update(rest);
+    h.finalize()
+}
+
+fn encode(buf: &mut Vec<u8>, segment: u32, tag: u8, key: &[u8], value: &[u8]) {
     let start = buf.len();
     let len = HEADER + key.len() + value.len();
     buf.extend_from_slice(&(len as u32).to_le_bytes());
@@ -241,7 +250,7 @@ fn encode(buf: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
     buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
     buf.extend_from_slice(key);
     buf.extend_from_slice(value);
-    let crc = crc32fast::hash(&buf[start + 8..]);
+    let crc = crc(segment, &buf[start + 8..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -326,7 +335,7 @@ impl AppendLog {
     /// it are whole records.
     fn apply(&mut self, n: u32, data: &[u8]) -> usize {
         let mut at = 0;
-        while let Some(r) = parse(&data[at..]) {
+        while let Some(r) = parse(n, &data[at..]) {
             let loc = Loc { segment: n, at: (at + r.value_at) as u32, len: r.value.len() as u32 };
             if r.tag == PUT {
                 // One search of the index per record (`index_put` makes two for a new key):
@@ -369,7 +378,7 @@ impl AppendLog {
             self.active += 1;
         }
         let start = self.segments.get(&self.active).map_or(0, |s| s.len) + self.buf.len() as u64;
-        encode(&mut self.buf, tag, key, value);
+        encode(&mut self.buf, self.active, tag, key, value);
         self.total_bytes += len;
         if self.buf.len() >= BUFFER_BYTES {
             self.write_buffer()?;
@@ -457,7 +466,8 @@ impl AppendLog {
         seg.file.read_exact_at(&mut data, 0)?;
         let mut at = 0;
         while at < data.len() {
-            let r = parse(&data[at..]).ok_or_else(|| corrupt(format!("segment {n}: a bad record at offset {at}")))?;
+            let r =
+                parse(n, &data[at..]).ok_or_else(|| corrupt(format!("segment {n}: a bad record at offset {at}")))?;
             let here = Loc { segment: n, at: (at + r.value_at) as u32, len: r.value.len() as u32 };
             // Delete records are dropped: see the module doc.
             if r.tag == PUT && self.index.get(&Key::new(r.key)) == Some(&here) {
@@ -731,6 +741,27 @@ mod tests {
         assert_eq!(state(&e), model);
         drop(e);
         assert_eq!(state(&open(dir.path())), model);
+    }
+
+    /// A filesystem without data ordering (ext4 `data=writeback`) may show, after a crash,
+    /// blocks of a deleted file inside a newer one. Records of another segment must not pass
+    /// for records of this one: an old value would be applied over a newer one.
+    #[test]
+    fn records_of_another_segment_do_not_pass_for_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        e.put(b"k", &[1; 3000]).unwrap();
+        e.sync().unwrap();
+        e.put(b"k", &[2; 3000]).unwrap();
+        e.sync().unwrap();
+        drop(e);
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let log = dir.path().join("log");
+        // The next segment's file, holding the first segment's blocks.
+        fs::copy(log.join(files[0].0.to_string()), log.join((files[1].0 + 1).to_string())).unwrap();
+        let e = open(dir.path());
+        assert_eq!(e.get(b"k").unwrap(), Some(vec![2; 3000]), "a stale record was applied");
     }
 
     #[test]
