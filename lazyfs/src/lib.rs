@@ -150,6 +150,10 @@ fn teardown(m: Mounted, mountpoint: &Path) -> Result<(), Error> {
     });
     match rx.recv_timeout(CUT_WAIT) {
         Ok(Ok(())) => Ok(()),
+        // The abort above: a session thread blocked reading the connection sees it as
+        // ECONNABORTED (seen once in CI, cut 5 of 54), instead of the ENODEV of an unmount.
+        // Either way the session has ended, which is all this waits for.
+        Ok(Err(source)) if source.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
         Ok(Err(source)) => Err(Error::Unmount { path: mountpoint.to_owned(), source }),
         Err(_) => Err(Error::Unmount {
             path: mountpoint.to_owned(),
