@@ -68,8 +68,13 @@ use super::Engine;
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 /// The buffer is written to the segment (not synced) once it holds this many bytes.
 const BUFFER_BYTES: usize = 1 << 20;
-/// Compaction starts when the garbage exceeds this fraction of the live bytes.
-pub const GARBAGE_RATIO: f64 = 0.4;
+/// Compaction starts when the garbage exceeds this fraction of the live bytes. Why 0.3: a
+/// record is about 1.2x its key and value (headers), and compacted segments wait for the next
+/// checkpoint to be unlinked, so with 0.4 a data dir of 1M small keys measured 1.96x the
+/// stored bytes after the benchmark, against a target of 2x. With 0.3 the bound is about
+/// 1.6x plus the write-ahead logs; the price is more copying under random overwrites (the
+/// oldest segment is then about 58% live instead of 50%).
+pub const GARBAGE_RATIO: f64 = 0.3;
 /// No compaction while the whole log is smaller than this many segments: not worth a rewrite.
 const MIN_COMPACT_SEGMENTS: u64 = 4;
 const HEADER: usize = 4 + 4 + 1 + 4;
@@ -565,6 +570,12 @@ impl Engine for AppendLog {
     fn size_on_disk(&self) -> u64 {
         self.total_bytes
     }
+    /// Compacted segments stay on disk until a sync: without an early checkpoint, the 8 MiB
+    /// between two of the write-ahead log's made two or three of them wait (measured: a
+    /// data dir 1.9x the stored bytes instead of 1.8x).
+    fn wants_sync(&self) -> bool {
+        !self.compacted.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -719,6 +730,7 @@ mod tests {
         let mut e = open(dir.path());
         let mut model = BTreeMap::new();
         let mut rng = Rng(42);
+        let mut asked = false;
         for round in 0..40u32 {
             for i in 0..200u32 {
                 let k = format!("key-{i:04}").into_bytes();
@@ -731,13 +743,16 @@ mod tests {
                     model.insert(k, v);
                 }
             }
+            asked |= e.wants_sync();
             e.sync().unwrap();
+            assert!(!e.wants_sync(), "a sync unlinks every compacted segment");
             let on_disk: u64 = segment_files(dir.path()).iter().map(|s| s.1).sum();
             assert_eq!(on_disk, e.size_on_disk(), "round {round}");
             let bound = (e.live_bytes as f64 * (1.0 + GARBAGE_RATIO)) as u64 + 4 * SEG;
             assert!(on_disk <= bound.max(MIN_COMPACT_SEGMENTS * SEG + SEG), "round {round}: {on_disk} > {bound}");
         }
         assert!(segment_files(dir.path())[0].0 > 10, "no segment was ever compacted");
+        assert!(asked, "compaction never asked for the sync that unlinks its segments");
         assert_eq!(state(&e), model);
         drop(e);
         assert_eq!(state(&open(dir.path())), model);
@@ -944,7 +959,7 @@ mod tests {
     /// Between two syncs (the write-ahead log's checkpoints: every 8 MiB of its log) compacted
     /// segments stay on disk. Delete records must not make every put compact, and copy, the
     /// same delete records again: the disk use between syncs stays within what was there, what
-    /// was written since and the copies compaction made of live records (at most 1/0.4 bytes
+    /// was written since and the copies compaction made of live records (at most 1/0.3 bytes
     /// per byte of garbage it reclaims), plus a few segments. Before the fix: 8 MB for 72 kB.
     #[test]
     fn delete_records_do_not_make_every_put_rewrite_a_segment_between_syncs() {

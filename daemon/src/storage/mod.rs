@@ -28,6 +28,12 @@ pub trait Engine: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Bytes the engine occupies on disk (an estimate is fine).
     fn size_on_disk(&self) -> u64;
+    /// Whether the engine has disk space to give back that only its [`Engine::sync`] frees
+    /// (compacted files): the write-ahead log in front then checkpoints at its next sync
+    /// instead of waiting until its own file is full.
+    fn wants_sync(&self) -> bool {
+        false
+    }
 }
 
 impl Engine for Box<dyn Engine> {
@@ -48,6 +54,9 @@ impl Engine for Box<dyn Engine> {
     }
     fn size_on_disk(&self) -> u64 {
         (**self).size_on_disk()
+    }
+    fn wants_sync(&self) -> bool {
+        (**self).wants_sync()
     }
 }
 

@@ -247,9 +247,9 @@ impl<E: Engine> Engine for Wal<E> {
             return Ok(());
         }
         let need = self.pending.len() as u64;
-        if self.offset + need > self.size {
+        if self.offset + need > self.size || self.inner.wants_sync() {
             // The engine gets every operation so far, pending ones included: the new segment
-            // starts from a durable engine.
+            // starts from a durable engine. Early when the engine has space to give back.
             self.checkpoint()?;
             self.pending.truncate(HEADER);
             return Ok(());
@@ -267,6 +267,9 @@ impl<E: Engine> Engine for Wal<E> {
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk() + self.size
     }
+    fn wants_sync(&self) -> bool {
+        self.inner.wants_sync()
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +285,8 @@ mod tests {
         durable: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
         live: BTreeMap<Vec<u8>, Vec<u8>>,
         syncs: Arc<Mutex<u32>>,
+        /// What `wants_sync` answers.
+        wants: bool,
     }
 
     impl Lossy {
@@ -290,6 +295,7 @@ mod tests {
                 durable: self.durable.clone(),
                 live: self.durable.lock().unwrap().clone(),
                 syncs: self.syncs.clone(),
+                wants: self.wants,
             }
         }
     }
@@ -316,6 +322,9 @@ mod tests {
         }
         fn size_on_disk(&self) -> u64 {
             0
+        }
+        fn wants_sync(&self) -> bool {
+            self.wants
         }
     }
 
@@ -347,6 +356,30 @@ mod tests {
         assert_eq!(wal.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(wal.get(b"b").unwrap(), None, "a logged delete was lost");
         assert_eq!(wal.get(b"c").unwrap(), Some(b"3".to_vec()));
+    }
+
+    /// An engine with space to give back (compacted files) gets its sync at the next batch,
+    /// not only once the log is full; what it synced survives like any checkpoint.
+    #[test]
+    fn an_engine_that_wants_a_sync_gets_a_checkpoint_at_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        let syncs = *engine.syncs.lock().unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        assert_eq!(*engine.syncs.lock().unwrap(), syncs, "no checkpoint while the engine does not ask");
+        wal.inner.wants = true;
+        let seq = wal.seq;
+        wal.put(b"b", b"2").unwrap();
+        wal.sync().unwrap();
+        assert_eq!(*engine.syncs.lock().unwrap(), syncs + 1, "the engine asked for a sync");
+        assert_eq!(wal.seq, seq + 1);
+        let crashed = wal.inner.crash();
+        drop(wal);
+        let wal = Wal::open(crashed, dir.path()).unwrap();
+        assert_eq!(wal.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(wal.get(b"b").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]
