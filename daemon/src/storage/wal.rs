@@ -264,6 +264,12 @@ impl<E: Engine> Engine for Wal<E> {
         self.pending.truncate(HEADER);
         Ok(())
     }
+    /// A checkpoint, so that the next open has nothing to replay, then the engine's close.
+    fn close(&mut self) -> io::Result<()> {
+        self.checkpoint()?;
+        self.pending.truncate(HEADER);
+        self.inner.close()
+    }
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk() + self.size
     }

@@ -355,8 +355,8 @@ pub fn serve<E: Engine>(
             break Ok(());
         }
     };
-    if let Err(e) = worker.node.sync() {
-        let fatal = Fatal::storage("final sync", &e);
+    if let Err(e) = worker.node.close() {
+        let fatal = Fatal::storage("closing the database", &e);
         std::mem::forget(worker);
         return Err(fatal);
     }

@@ -545,6 +545,13 @@ impl<E: Engine> Node<E> {
         }
     }
 
+    /// A clean shutdown: [`Node::sync`], then the engine's close (which may save what makes
+    /// the next start faster).
+    pub fn close(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.engine.close()
+    }
+
     /// Makes every earlier write durable: new value files' names first, then the engine (and so
     /// the pointers to them, and the counters); only then are the files of replaced records
     /// unlinked. A running recount takes one step here.
