@@ -53,7 +53,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     nodes: u32,
     /// Fault kinds to use, comma-separated (kill-one, kill-all, stop-one, stop-chd, kill-chd,
-    /// delete-dir, delete-dir-stopped, corrupt, disk-full, node-add, node-remove,
+    /// restart-chd, delete-dir, delete-dir-stopped, corrupt, disk-full, node-add, node-remove,
     /// node-replace) [default: all].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     faults: Option<Vec<String>>,
@@ -92,6 +92,8 @@ struct FaultsOff {
     #[arg(long)]
     no_kill_chd: bool,
     #[arg(long)]
+    no_restart_chd: bool,
+    #[arg(long)]
     no_delete_dir: bool,
     #[arg(long)]
     no_delete_dir_stopped: bool,
@@ -115,6 +117,7 @@ impl FaultsOff {
             FaultKind::StopOne => self.no_stop_one,
             FaultKind::StopChd => self.no_stop_chd,
             FaultKind::KillChd => self.no_kill_chd,
+            FaultKind::RestartChd => self.no_restart_chd,
             FaultKind::DeleteDir => self.no_delete_dir,
             FaultKind::DeleteDirStopped => self.no_delete_dir_stopped,
             FaultKind::Corrupt => self.no_corrupt,

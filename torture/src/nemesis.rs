@@ -34,6 +34,9 @@ pub enum FaultKind {
     StopChd,
     /// kill -9 of chd, then a restart.
     KillChd,
+    /// A graceful stop of chd (SIGTERM: its workers close their databases and save their
+    /// indexes), then a start, as `systemctl restart` does.
+    RestartChd,
     /// rm -rf of one node's directory while chd runs, then kill -9 of its worker.
     DeleteDir,
     /// kill -9 of chd, rm -rf of one node's directory, restart.
@@ -48,12 +51,13 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::KillOne,
         FaultKind::KillAll,
         FaultKind::StopOne,
         FaultKind::StopChd,
         FaultKind::KillChd,
+        FaultKind::RestartChd,
         FaultKind::DeleteDir,
         FaultKind::DeleteDirStopped,
         FaultKind::Corrupt,
@@ -70,6 +74,7 @@ impl FaultKind {
             FaultKind::StopOne => "stop-one",
             FaultKind::StopChd => "stop-chd",
             FaultKind::KillChd => "kill-chd",
+            FaultKind::RestartChd => "restart-chd",
             FaultKind::DeleteDir => "delete-dir",
             FaultKind::DeleteDirStopped => "delete-dir-stopped",
             FaultKind::Corrupt => "corrupt",
@@ -383,6 +388,10 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::KillChd => {
                 self.cluster.kill9();
+                self.restart_chd()?;
+            }
+            FaultKind::RestartChd => {
+                self.cluster.stop();
                 self.restart_chd()?;
             }
             FaultKind::DeleteDir => {
