@@ -618,21 +618,21 @@ impl AppendLog {
         }
         drop(chunk);
         let mut input = io::BufReader::with_capacity(256 << 10, File::open(self.dir.join(INDEX)).ok()?).take(body);
-        let mut word = [0; 8];
-        let mut u32_of = |input: &mut io::Take<io::BufReader<File>>| -> Option<u32> {
-            input.read_exact(&mut word[..4]).ok()?;
-            Some(u32::from_le_bytes(word[..4].try_into().expect("4 bytes")))
+        let u32_of = |input: &mut io::Take<io::BufReader<File>>| -> Option<u32> {
+            let mut b = [0; 4];
+            input.read_exact(&mut b).ok()?;
+            Some(u32::from_le_bytes(b))
+        };
+        let u64_of = |input: &mut io::Take<io::BufReader<File>>| -> Option<u64> {
+            let mut b = [0; 8];
+            input.read_exact(&mut b).ok()?;
+            Some(u64::from_le_bytes(b))
         };
         let mut magic = [0; 8];
         input.read_exact(&mut magic).ok()?;
         if &magic != INDEX_MAGIC || u32_of(&mut input)? as usize != numbers.len() {
             return None;
         }
-        let u64_of = |input: &mut io::Take<io::BufReader<File>>| -> Option<u64> {
-            let mut b = [0; 8];
-            input.read_exact(&mut b).ok()?;
-            Some(u64::from_le_bytes(b))
-        };
         let mut lens = Vec::with_capacity(numbers.len());
         for &n in numbers {
             let (saved, len) = (u32_of(&mut input)?, u64_of(&mut input)?);
