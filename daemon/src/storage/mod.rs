@@ -103,10 +103,10 @@ pub(crate) mod tests {
     fn sled_engine_conforms_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut e = sled::SledEngine::open(dir.path()).unwrap();
+            let mut e = sled::SledEngine::open_waiting(dir.path());
             conformance(&mut e);
         }
-        let e = sled::SledEngine::open(dir.path()).unwrap();
+        let e = sled::SledEngine::open_waiting(dir.path());
         assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
         assert!(e.size_on_disk() > 0);
         // A second open while the first holds the lock is "busy", not "damaged": the worker
@@ -128,7 +128,7 @@ pub(crate) mod tests {
             e.sync().unwrap();
         }
         assert!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count() > 0, "sled changed its layout");
-        let e = sled::SledEngine::open(dir.path()).unwrap();
+        let e = sled::SledEngine::open_waiting(dir.path());
         assert_eq!(e.get(b"one").unwrap(), Some(big(3)));
         assert_eq!(e.get(b"two").unwrap(), Some(big(2)));
     }

@@ -54,6 +54,22 @@ fn io_err(e: sled::Error) -> io::Error {
 }
 
 impl SledEngine {
+    /// Opens, waiting up to 10 s while the lock is still held: dropping a sled database does
+    /// not release its lock at once (seen: reopens in tests failing now and then with
+    /// "could not acquire lock"), and a process another test forks holds it until it execs.
+    #[cfg(test)]
+    pub fn open_waiting(dir: &Path) -> SledEngine {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledEngine::open(dir) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => return other.expect("opening sled"),
+            }
+        }
+    }
+
     /// Opens with sled's default cache (1 GiB): for tests.
     #[cfg(test)]
     pub fn open(dir: &Path) -> io::Result<SledEngine> {

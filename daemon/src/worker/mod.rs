@@ -1117,7 +1117,7 @@ mod enospc_tests {
     }
 
     fn sled(dir: &Path) -> Box<dyn Engine> {
-        Box::new(SledEngine::open(dir).unwrap())
+        Box::new(SledEngine::open_waiting(dir))
     }
 
     /// What a worker opens for a new database: the append log behind the write-ahead log.

@@ -609,22 +609,8 @@ fn read_mark(file: &std::fs::File) -> io::Result<u64> {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
+    use crate::storage::sled::SledEngine;
     use crate::storage::Entry;
-
-    /// Opens sled, waiting while the lock of the previous engine is still held: a process that
-    /// another test forks inherits the lock's descriptor until it execs (seen: a flaky failure
-    /// at the second open of `a_database_that_went_back_in_time_is_refused_as_damaged`).
-    fn open_sled(path: &std::path::Path) -> crate::storage::sled::SledEngine {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match crate::storage::sled::SledEngine::open(path) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                other => return other.unwrap(),
-            }
-        }
-    }
 
     fn rec(version: u64, value: Option<&str>) -> Record {
         Record { version, value: value.map(|v| v.as_bytes().to_vec()) }
@@ -897,14 +883,13 @@ mod tests {
     #[test]
     #[ignore = "measurement, prints figures"]
     fn sled_reuses_space_of_dropped_partitions() {
-        use crate::storage::sled::SledEngine;
         let dir = tempfile::tempdir().unwrap();
         let db_bytes = || {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata(dir.path().join("db")).unwrap();
             (m.len(), m.blocks() * 512)
         };
-        let mut n = Node::open(open_sled(dir.path()), dir.path(), 4).unwrap();
+        let mut n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 4).unwrap();
         let fill = |n: &mut Node<SledEngine>, base: u32| {
             for i in 0..50_000u32 {
                 n.put(
@@ -1085,7 +1070,7 @@ mod tests {
         let mut x: u64 = 12345;
         let mut latest = std::collections::BTreeMap::new();
         {
-            let mut n = Node::open(open_sled(dir.path()), dir.path(), 8).unwrap();
+            let mut n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 8).unwrap();
             // Records right at the inline limit on a few hundred keys (8 KiB values made sled
             // write blobs before value files existed), deletes, and some 2 MiB values.
             for version in 1..3000u64 {
@@ -1106,7 +1091,7 @@ mod tests {
             n.sync().unwrap();
             assert_eq!(blobs(), 0, "sled wrote blob files");
         }
-        let n = Node::open(open_sled(dir.path()), dir.path(), 8).unwrap();
+        let n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 8).unwrap();
         for (k, r) in &latest {
             assert_eq!(n.get(k).unwrap().as_ref(), Some(r));
         }
@@ -1141,20 +1126,20 @@ mod tests {
         let (dir, saved) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (db, old) = (dir.path().join("node"), saved.path().join("node"));
         {
-            let mut n = Node::open(open_sled(&db), &db, 8).unwrap();
+            let mut n = Node::open(SledEngine::open_waiting(&db), &db, 8).unwrap();
             n.put(b"k", &rec(1, Some("old"))).unwrap();
             n.sync().unwrap();
         }
         copy_engine_files(&db, &old);
         {
-            let mut n = Node::open(open_sled(&db), &db, 8).unwrap();
+            let mut n = Node::open(SledEngine::open_waiting(&db), &db, 8).unwrap();
             n.put(b"k", &rec(2, Some("acknowledged"))).unwrap();
             n.sync().unwrap();
         }
         // The engine's files go back to the earlier state; the mark beside them does not.
         std::fs::remove_file(db.join("db")).unwrap();
         copy_engine_files(&old, &db);
-        match Node::open(open_sled(&db), &db, 8) {
+        match Node::open(SledEngine::open_waiting(&db), &db, 8) {
             Ok(n) => panic!("opened a database that lost a synced write: k = {:?}", n.get(b"k").unwrap()),
             Err(e) => assert_eq!(classify(&e), Failure::BadDatabase, "{e}"),
         }
@@ -1166,14 +1151,14 @@ mod tests {
     fn dropping_the_newest_record_does_not_look_like_going_back_in_time() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut n = Node::open(open_sled(dir.path()), dir.path(), 8).unwrap();
+            let mut n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 8).unwrap();
             n.put(b"a", &rec(1, Some("kept"))).unwrap();
             n.put(b"b", &rec(9, Some("moves away"))).unwrap();
             n.sync().unwrap();
             n.drop_partition(partition_of(b"b", 8)).unwrap();
             n.sync().unwrap();
         }
-        let n = Node::open(open_sled(dir.path()), dir.path(), 8).unwrap();
+        let n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 8).unwrap();
         assert_eq!(n.max_version(), 9);
     }
 
@@ -1183,12 +1168,11 @@ mod tests {
     fn a_log_corrupted_in_the_middle_never_opens_without_its_synced_writes() {
         use std::io::{Seek, SeekFrom, Write};
 
-        use crate::storage::sled::SledEngine;
         use crate::worker::{classify, Failure};
         let dir = tempfile::tempdir().unwrap();
         let mut latest = std::collections::BTreeMap::new();
         {
-            let mut n = Node::open(open_sled(dir.path()), dir.path(), 8).unwrap();
+            let mut n = Node::open(SledEngine::open_waiting(dir.path()), dir.path(), 8).unwrap();
             for version in 1..5000u64 {
                 let key = format!("key-{}", version % 2500).into_bytes();
                 let r = rec(version, Some("a value of some forty bytes, give or take"));
