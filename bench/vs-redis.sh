@@ -10,6 +10,8 @@
 # minute of the disk hits all three alike) and prints one table: median throughput over the
 # rounds, median p50 and p99 latency, and the ratios that issue 13 targets: chd / redis-always
 # for SET, chd / redis-mem for GET. The figures are never asserted: absolute rates drift.
+# Last, `chctl bench` (next to the chd executable) measures the disk under it: one fdatasync,
+# and 2 of 3 at once, which is what every chd write waits for and so a floor for SET -c 1.
 #
 # Usage: bench/vs-redis.sh [--seconds S] [--rounds N] [--keys K] [--chd PATH] [--tests LIST]
 #   --seconds S   time budget of the measured runs, all rounds and servers together (default 240);
@@ -174,6 +176,16 @@ done
 rss_kib=$(ps -o rss= --pid "$chd_pid" --ppid "$chd_pid" | awk '{ s += $1 } END { print s }')
 disk_kib=$(du -sk "$tmp/chd/data" | cut -f1)
 
+# The floor of one client's durable write on this disk, measured by `chctl bench` (next to the
+# chd executable) after the rounds: one fdatasync alone, and R files fdatasynced at once until
+# W are done, which is what every chd write waits for.
+chctl="$(dirname "$chd")/chctl"
+floor=""
+if [ -x "$chctl" ]; then
+  floor=$("$chctl" --socket "$tmp/chd/chd.sock" --json bench --writes-only --seconds 2 2>/dev/null | tail -1 || true)
+fi
+json_num() { echo "$floor" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
+
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { # server, test, field (1 rps, 2 p50, 3 p99): the median over rounds
   local r
@@ -204,3 +216,13 @@ for t in "${tests[@]}"; do
 done
 echo
 echo "chd with the $keys keys stored (R copies): RSS of chd and its workers $(awk -v k="$rss_kib" 'BEGIN { printf "%.0f MiB", k / 1024 }'), data dir $(awk -v k="$disk_kib" 'BEGIN { printf "%.0f MiB", k / 1024 }')"
+one=$(json_num fdatasync_per_s) quorum=$(json_num quorum_fdatasync_per_s)
+if [ -n "$one" ] && [ -n "$quorum" ]; then
+  always=$(col redis-always "SET c1" 1)
+  awk -v o="$one" -v q="$quorum" -v a="$always" 'BEGIN {
+    printf "disk (chctl bench): one fdatasync %.0f/s; 2 of 3 at once %.0f/s, the floor of chd SET -c 1", o, q
+    if (a + 0 > 0) printf " = %.2fx redis-always SET c1", q / a
+    printf "\n" }'
+else
+  echo "disk: no floor measured (chctl bench needs $chctl: cargo build --release -p chctl)"
+fi
