@@ -279,30 +279,62 @@ fn phase(
     Ok(Phase { ops: lat.len() as u64, secs: start.elapsed().as_secs_f64(), lat })
 }
 
-/// Overwrites one preallocated 4 KiB block and fdatasyncs it, as fast as it can, in a scratch
-/// file next to chd's data (or in /var/tmp if that is not writable by us).
+/// What the fdatasync baselines write: one 4 KiB block, over and over.
+const BLOCK: [u8; 4096] = [7; 4096];
+
+/// Scratch files of the baselines, removed when dropped (also on an error or Ctrl-C).
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `n` scratch files, each holding one synced block, next to chd's data (or in /var/tmp or
+/// the temp dir if that is not writable by us): the baselines measure the disk chd uses.
+fn scratch_files(data_dir: &Path, n: usize) -> anyhow::Result<(Scratch, Vec<std::fs::File>)> {
+    for dir in [data_dir.to_path_buf(), PathBuf::from("/var/tmp"), std::env::temp_dir()] {
+        let mut scratch = Scratch(Vec::new());
+        let files: std::io::Result<Vec<_>> = (0..n)
+            .map(|i| {
+                let path = dir.join(format!(".chctl-bench-{}-{i}", std::process::id()));
+                let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+                scratch.0.push(path);
+                (&f).write_all(&BLOCK)?;
+                f.sync_all()?;
+                Ok(f)
+            })
+            .collect();
+        if let Ok(files) = files {
+            return Ok((scratch, files));
+        }
+    }
+    bail!("no writable directory for the fdatasync baselines")
+}
+
+/// Overwrites one preallocated 4 KiB block and fdatasyncs it, as fast as it can.
 fn fdatasync_rate(data_dir: &Path, dur: Duration) -> anyhow::Result<f64> {
-    let candidates = [data_dir.to_path_buf(), PathBuf::from("/var/tmp"), std::env::temp_dir()];
-    let (path, f) = candidates
-        .iter()
-        .find_map(|d| {
-            let p = d.join(format!(".chctl-bench-{}", std::process::id()));
-            OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).ok().map(|f| (p, f))
-        })
-        .ok_or_else(|| anyhow::anyhow!("no writable directory for the fdatasync baseline"))?;
-    let block = [7u8; 4096];
-    (&f).write_all(&block)?;
-    f.sync_all()?;
+    let (_scratch, files) = scratch_files(data_dir, 1)?;
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < dur && !interrupted() {
-        f.write_all_at(&block, 0)?;
-        f.sync_data()?;
+        files[0].write_all_at(&BLOCK, 0)?;
+        files[0].sync_data()?;
         n += 1;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(path);
-    Ok(rate)
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The rounds of [`quorum_fdatasync_rate`], shared by its threads.
+struct Rounds {
+    started: u64,
+    /// The last round each thread finished.
+    done: Vec<u64>,
+    stop: bool,
+    failed: Option<std::io::Error>,
 }
 
 /// The floor of one client's durable write on this disk: `replicas` threads, each with its own
@@ -310,71 +342,64 @@ fn fdatasync_rate(data_dir: &Path, dur: Duration) -> anyhow::Result<f64> {
 /// round ends once `quorum` of them are done (a thread still busy with an earlier round takes
 /// the next one late, as a worker with a backlog would). Returns rounds per second. chd's
 /// workers issue their fdatasyncs at once like this, and a disk that serves concurrent flushes
-/// one after another makes W of R of them slower than one.
+/// one after another makes W of R of them slower than one. A failed write or fdatasync ends
+/// the measurement with its error.
 fn quorum_fdatasync_rate(data_dir: &Path, replicas: usize, quorum: usize, dur: Duration) -> anyhow::Result<f64> {
-    use std::sync::{Arc, Condvar, Mutex};
-    let dir = [data_dir.to_path_buf(), PathBuf::from("/var/tmp"), std::env::temp_dir()]
-        .into_iter()
-        .find(|d| {
-            let probe = d.join(format!(".chctl-bench-{}-probe", std::process::id()));
-            let ok = OpenOptions::new().create(true).truncate(true).write(true).open(&probe).is_ok();
-            let _ = std::fs::remove_file(&probe);
-            ok
-        })
-        .ok_or_else(|| anyhow::anyhow!("no writable directory for the fdatasync baseline"))?;
-    // (round started, rounds each thread has finished, stop)
-    let state = Arc::new((Mutex::new((0u64, vec![0u64; replicas], false)), Condvar::new()));
-    let mut threads = Vec::new();
-    let mut paths = Vec::new();
-    for i in 0..replicas {
-        let path = dir.join(format!(".chctl-bench-{}-{i}", std::process::id()));
-        let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-        paths.push(path);
-        let block = [7u8; 4096];
-        (&f).write_all(&block)?;
-        f.sync_all()?;
-        let state = state.clone();
-        threads.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let (lock, cv) = &*state;
-            let mut done = 0;
-            loop {
-                let round = {
-                    let s = cv.wait_while(lock.lock().expect("no panics"), |s| s.0 == done && !s.2).expect("no panics");
-                    if s.2 {
-                        return Ok(());
+    use std::sync::{Condvar, Mutex};
+    let (_scratch, files) = scratch_files(data_dir, replicas)?;
+    let state = Mutex::new(Rounds { started: 0, done: vec![0; replicas], stop: false, failed: None });
+    let cv = Condvar::new();
+    let rate = std::thread::scope(|scope| {
+        for (i, f) in files.iter().enumerate() {
+            let (state, cv) = (&state, &cv);
+            scope.spawn(move || {
+                let mut done = 0;
+                loop {
+                    let round = {
+                        let s = cv.wait_while(state.lock().expect("no panics"), |s| s.started == done && !s.stop);
+                        let s = s.expect("no panics");
+                        if s.stop {
+                            return;
+                        }
+                        s.started
+                    };
+                    let wrote = f.write_all_at(&BLOCK, 0).and_then(|()| f.sync_data());
+                    let mut s = state.lock().expect("no panics");
+                    match wrote {
+                        Ok(()) => s.done[i] = round,
+                        Err(e) => {
+                            s.failed.get_or_insert(e);
+                            s.stop = true;
+                        }
                     }
-                    s.0
-                };
-                f.write_all_at(&block, 0)?;
-                f.sync_data()?;
-                done = round;
-                lock.lock().expect("no panics").1[i] = round;
-                cv.notify_all();
+                    done = round;
+                    cv.notify_all();
+                }
+            });
+        }
+        let start = Instant::now();
+        let mut rounds = 0u64;
+        while start.elapsed() < dur && !interrupted() {
+            let mut s = state.lock().expect("no panics");
+            s.started += 1;
+            let round = s.started;
+            cv.notify_all();
+            let finished = |s: &mut Rounds| s.stop || s.done.iter().filter(|&&d| d >= round).count() >= quorum;
+            let s = cv.wait_while(s, |s| !finished(s)).expect("no panics");
+            if s.stop {
+                break;
             }
-        }));
-    }
-    let (lock, cv) = &*state;
-    let start = Instant::now();
-    let mut rounds = 0u64;
-    while start.elapsed() < dur && !interrupted() {
-        let mut s = lock.lock().expect("no panics");
-        s.0 += 1;
-        let round = s.0;
+            rounds += 1;
+        }
+        let rate = rounds as f64 / start.elapsed().as_secs_f64();
+        state.lock().expect("no panics").stop = true;
         cv.notify_all();
-        let s = cv.wait_while(s, |s| s.1.iter().filter(|&&d| d >= round).count() < quorum).expect("no panics");
-        drop(s);
-        rounds += 1;
+        rate
+    });
+    match state.into_inner().expect("no panics").failed {
+        Some(e) => Err(anyhow::Error::new(e).context("the W-of-R fdatasync baseline")),
+        None => Ok(rate),
     }
-    let rate = rounds as f64 / start.elapsed().as_secs_f64();
-    lock.lock().expect("no panics").2 = true;
-    cv.notify_all();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("an fdatasync thread panicked"))??;
-    }
-    for p in paths {
-        let _ = std::fs::remove_file(p);
-    }
-    Ok(rate)
 }
 
 #[cfg(test)]
@@ -395,6 +420,8 @@ mod tests {
             assert!(rate > 0.0, "R={r} W={w}: no round completed");
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "R={r} W={w}: files left behind");
         }
+        assert!(fdatasync_rate(dir.path(), Duration::from_millis(100)).unwrap() > 0.0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the raw baseline left its file behind");
     }
 
     #[test]
