@@ -231,6 +231,9 @@ impl<E: Engine> Engine for Wal<E> {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
+    fn get_head(&self, key: &[u8]) -> io::Result<Option<super::Head>> {
+        self.inner.get_head(key)
+    }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         self.inner.put(key, value)?;
         self.pending.push(PUT);

@@ -51,7 +51,7 @@ use std::path::Path;
 use chd_data::ring::partition_of;
 use chd_data::{NodeId, Record};
 
-use super::values::{self, Stored, ValueFiles, ValueRef};
+use super::values::{self, Header, Stored, ValueFiles, ValueRef};
 use crate::storage::Engine;
 
 const META: [u8; 4] = [0xff; 4];
@@ -356,13 +356,22 @@ impl<E: Engine> Node<E> {
     /// next [`Node::sync`].
     pub fn put(&mut self, key: &[u8], record: &Record) -> io::Result<bool> {
         let k = data_key(partition_of(key, self.partitions), key);
-        let old = match self.engine.get(&k)? {
+        // The replaced record's version and kind, from its head: no read of the record where
+        // the engine keeps heads in memory. Its value file, when it has one, needs the record.
+        let old = match self.engine.get_head(&k)? {
             None => None,
-            Some(v) => Some(decode(&v)?),
+            Some(head) => Some(Header::parse(head.as_slice()).ok_or_else(|| corrupt("undecodable"))?),
         };
-        if old.as_ref().is_some_and(|o| o.version() >= record.version) {
+        if old.is_some_and(|o| o.version >= record.version) {
             return Ok(false);
         }
+        let old_file = match old {
+            Some(o) if o.in_file() => match self.engine.get(&k)? {
+                Some(v) => decode(&v)?.file(),
+                None => return Err(corrupt("a head without its record")),
+            },
+            _ => None,
+        };
         self.mark_dirty()?;
         self.raise_ceiling(record.version)?;
         let new_file = match &record.value {
@@ -379,7 +388,6 @@ impl<E: Engine> Node<E> {
                 None
             }
         };
-        let old_file = old.as_ref().and_then(Stored::file);
         if let Some(f) = &old_file {
             self.engine.delete(&file_key(f.seq))?;
             self.values.replace_later(f);

@@ -119,6 +119,31 @@ impl Stored {
     }
 }
 
+/// What a write needs to know of the record it replaces, from the first
+/// [`crate::storage::HEAD`] bytes of its stored form (which the engine may keep in memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u64,
+    tag: u8,
+}
+
+impl Header {
+    pub fn parse(head: &[u8]) -> Option<Header> {
+        let version = u64::from_be_bytes(head.get(..8)?.try_into().ok()?);
+        let tag = *head.get(8)?;
+        (tag <= TAG_FILE).then_some(Header { version, tag })
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.tag == 0
+    }
+
+    /// Whether the value is in a file of its own (the record is then a [`Stored::File`]).
+    pub fn in_file(&self) -> bool {
+        self.tag == TAG_FILE
+    }
+}
+
 fn damaged(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
