@@ -100,6 +100,9 @@ const INDEX_MAGIC: &[u8; 8] = b"chdidx\x00\x02";
 const INDEX_CHECK: usize = 16;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+/// The length of a delete record's [`Loc`] while `open` reads the log (a put's value is
+/// shorter: a record's whole length fits in a u32).
+const DELETED: u32 = u32::MAX;
 
 /// Where a live key's value is, and its first bytes. 24 bytes: the index holds one per key,
 /// all in memory.
@@ -385,19 +388,18 @@ impl AppendLog {
         self.dir.join(n.to_string())
     }
 
-    /// Appends the records at the start of segment `n`'s `data` to `records` (a delete as a
-    /// location in segment 0, which never exists), each with its place in the log; returns how
-    /// many bytes of `data` are whole records.
-    fn read_records(n: u32, data: &[u8], records: &mut Vec<(Key, Loc, u32)>) -> usize {
+    /// Appends the records at the start of segment `n`'s `data` to `records` (a delete with
+    /// the length [`DELETED`]); returns how many bytes of `data` are whole records. A record's
+    /// (segment, offset) is its place in the log: segments are numbered in the order they are
+    /// written, and each is written front to back.
+    fn read_records(n: u32, data: &[u8], records: &mut Vec<(Key, Loc)>) -> usize {
         let mut at = 0;
         while let Some(r) = parse(n, &data[at..]) {
-            let loc = match r.tag {
-                PUT => {
-                    Loc { segment: n, at: (at + r.value_at) as u32, len: r.value.len() as u32, head: Head::of(r.value) }
-                }
-                _ => Loc { segment: 0, at: 0, len: 0, head: Head::default() },
+            let (len, head) = match r.tag {
+                PUT => (r.value.len() as u32, Head::of(r.value)),
+                _ => (DELETED, Head::default()),
             };
-            records.push((Key::new(r.key), loc, records.len() as u32));
+            records.push((Key::new(r.key), Loc { segment: n, at: (at + r.value_at) as u32, len, head }));
             at += r.len;
         }
         at
@@ -407,21 +409,21 @@ impl AppendLog {
     /// and built bottom-up rather than inserted one by one: a B-tree insert per record (a
     /// search and, on this VM, fresh memory for half-full nodes) was most of a start, 0.7-1.4 s
     /// with 1M keys.
-    fn build_index(mut records: Vec<(Key, Loc, u32)>) -> BTreeMap<Key, Loc> {
+    fn build_index(mut records: Vec<(Key, Loc)>) -> BTreeMap<Key, Loc> {
         // In place, and the place in the log orders the records of one key.
-        records.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0).then((a.1.segment, a.1.at).cmp(&(b.1.segment, b.1.at))));
         // Kept: the last record of each key, if a put, moved to the front in order.
         let mut kept = 0;
         for i in 0..records.len() {
             let superseded = i + 1 < records.len() && records[i + 1].0 == records[i].0;
-            if !superseded && records[i].1.segment != 0 {
+            if !superseded && records[i].1.len != DELETED {
                 records.swap(kept, i);
                 kept += 1;
             }
         }
         records.truncate(kept);
         // Sorted and unique: `collect` reuses the vector and builds the tree with full nodes.
-        records.into_iter().map(|(k, loc, _)| (k, loc)).collect()
+        records.into_iter().collect()
     }
 
     fn index_put(&mut self, key: &[u8], loc: Loc) {
