@@ -56,8 +56,9 @@
 //! have lost a tail, and a prefix is all that can come back.
 //!
 //! Compaction: when garbage (replaced or deleted records) exceeds [`GARBAGE_RATIO`] of the
-//! live bytes, the oldest segment's live records are appended again and the segment is
-//! unlinked after the next `sync` has made the copies durable. A segment that comes back
+//! live bytes, the oldest segment's live records are appended again, a slice per `put` or
+//! `delete` (see [`AppendLog::maybe_compact`]), and the segment is unlinked after the next
+//! `sync` once all of them are copied. A segment that comes back
 //! after a crash (its unlink lost) is harmless: it is older than every copy, so the copies
 //! win. Compaction runs inside `put`/`delete`, before the write-ahead log's checkpoint record,
 //! so that record is always the last before a sync: a damaged copy cannot go unnoticed.
@@ -236,6 +237,13 @@ impl LiveBits {
     }
 }
 
+/// A compaction under way: segment `n`'s bytes, and the offset of the next record to handle.
+struct Compaction {
+    n: u32,
+    data: Vec<u8>,
+    at: usize,
+}
+
 struct Segment {
     file: File,
     /// Bytes written to the file.
@@ -262,6 +270,8 @@ pub struct AppendLog {
     dir_dirty: bool,
     /// Compacted segments, unlinked by the next sync.
     compacted: Vec<u32>,
+    /// The compaction under way, if any (see [`AppendLog::maybe_compact`]).
+    compaction: Option<Compaction>,
     /// Left by `open` for the first sync: (segment, valid length) to truncate, and later
     /// segments to remove, all past the end of the log.
     cut: Option<(u32, u64, Vec<u32>)>,
@@ -388,6 +398,7 @@ impl AppendLog {
             unsynced: Vec::new(),
             dir_dirty: false,
             compacted: Vec::new(),
+            compaction: None,
             cut: None,
             from_saved_index: false,
             index_file: true,
@@ -593,32 +604,42 @@ impl AppendLog {
         Ok(record)
     }
 
-    /// Compacts the oldest segment if the garbage is over its bound. One segment per call, so
-    /// that a call never stalls for long and never needs more than one segment of free space
-    /// (within the worker's disk reserve); one record per call adds far less garbage.
+    /// Compacts the oldest segment once the garbage is over its bound, a step per call: the
+    /// segment's live records are copied to the end of the log a slice at a time (1/128 of a
+    /// segment, at least one record), and the segment is dropped after its last one. Why steps:
+    /// a whole 8 MiB segment at once (up to 59k records of 100-byte values, each live one
+    /// copied and searched for in the index) stalled the batch that made it. With W = R every
+    /// such stall reaches the clients. One segment at a time
+    /// needs at most one segment of free space (within the worker's disk reserve). A segment
+    /// part-way compacted is harmless at any point: every copy is later in the log than its
+    /// original, so the copy wins at a crash start, and the index points to one or the other.
     fn maybe_compact(&mut self) -> io::Result<()> {
-        let garbage = self.total_bytes.saturating_sub(self.live_bytes);
-        if self.total_bytes < MIN_COMPACT_SEGMENTS * self.segment_bytes
-            || (garbage as f64) <= GARBAGE_RATIO * self.live_bytes as f64
-            || self.cut.is_some()
-        {
-            return Ok(());
+        if self.compaction.is_none() {
+            let garbage = self.total_bytes.saturating_sub(self.live_bytes);
+            if self.total_bytes < MIN_COMPACT_SEGMENTS * self.segment_bytes
+                || (garbage as f64) <= GARBAGE_RATIO * self.live_bytes as f64
+                || self.cut.is_some()
+            {
+                return Ok(());
+            }
+            let Some((&n, seg)) = self.segments.iter().next().filter(|(&n, _)| n != self.active) else {
+                return Ok(());
+            };
+            let mut data = vec![0; seg.len as usize];
+            seg.file.read_exact_at(&mut data, 0)?;
+            self.compaction = Some(Compaction { n, data, at: 0 });
         }
-        match self.segments.keys().next() {
-            Some(&oldest) if oldest != self.active => self.compact(oldest),
-            _ => Ok(()),
-        }
+        self.compact_step()
     }
 
-    fn compact(&mut self, n: u32) -> io::Result<()> {
-        let seg = self.segments.get(&n).expect("compacting a known segment");
-        let mut data = vec![0; seg.len as usize];
-        seg.file.read_exact_at(&mut data, 0)?;
-        let mut at = 0;
-        while at < data.len() {
-            let r =
-                parse(n, &data[at..]).ok_or_else(|| corrupt(format!("segment {n}: a bad record at offset {at}")))?;
-            let here = (at + r.value_at) as u32;
+    fn compact_step(&mut self) -> io::Result<()> {
+        let Some(mut c) = self.compaction.take() else { return Ok(()) };
+        let n = c.n;
+        let end = c.at + (self.segment_bytes / 128).max(1) as usize;
+        while c.at < end && c.at < c.data.len() {
+            let r = parse(n, &c.data[c.at..])
+                .ok_or_else(|| corrupt(format!("segment {n}: a bad record at offset {}", c.at)))?;
+            let here = (c.at + r.value_at) as u32;
             let live = r.tag == PUT && self.live.get(n, here);
             debug_assert_eq!(
                 live,
@@ -629,7 +650,11 @@ impl AppendLog {
                 let loc = self.append(PUT, r.key, r.value)?;
                 self.index_put(r.key, loc);
             }
-            at += r.len;
+            c.at += r.len;
+        }
+        if c.at < c.data.len() {
+            self.compaction = Some(c);
+            return Ok(());
         }
         let seg = self.segments.remove(&n).expect("compacting a known segment");
         self.live.0.remove(&n);
