@@ -33,8 +33,44 @@ pub struct NodeSlot {
     /// no rebuild is pending), so it is a valid source of records for the partitions it owns,
     /// whatever its state. False while it is rebuilt after losing its data.
     pub intact: bool,
+    /// Whether `intact` is known: the worker said hello since chd started, or failed its
+    /// database's checks. Until then a node may be in the middle of a rebuild that only its
+    /// database records.
+    pub heard: bool,
     /// Why the node is in its state, when that is not obvious (failed, waiting for disk space).
     pub note: Option<String>,
+}
+
+/// The rule of [`Cluster::claim_set_aside`], without the cluster: `intact(n)` says whether
+/// node `n`'s database is intact, `None` while chd has not heard from it.
+pub fn set_aside_rule(
+    layout: &Layout,
+    id: NodeId,
+    w: usize,
+    intact: impl Fn(NodeId) -> Option<bool>,
+) -> Result<(), Refusal> {
+    layout.may_set_aside(id, w, |n| intact(n) == Some(false)).map_err(Refusal::Lost)?;
+    layout.may_set_aside(id, w, |n| intact(n).is_none()).map_err(|_| Refusal::NotYet)
+}
+
+/// Why chd does not set a node's database aside ([`Cluster::claim_set_aside`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many replicas of a partition are lost already: the operator's to resolve.
+    Lost(String),
+    /// A node sharing a partition has not reported yet since chd started: ask again soon.
+    NotYet,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Lost(why) => f.write_str(why),
+            Refusal::NotYet => {
+                f.write_str("a node sharing its partitions has not reported since chd started; try again")
+            }
+        }
+    }
 }
 
 /// One replica of a key, as the request path sees it.
@@ -178,13 +214,22 @@ impl Cluster {
     /// Claims the right to set node `id`'s database aside, and marks it as no longer intact.
     /// chd never sets aside more than R-W replicas of a partition, nor more than W-1 (so that
     /// an intact replica of every acknowledged write remains): with R=3, W=2, one at a time.
-    /// Past that the data stays where it is for the operator. Checked and marked under one
-    /// lock, so two nodes found damaged at once cannot both pass.
-    pub fn claim_set_aside(&self, id: NodeId) -> Result<(), String> {
+    /// Past that the data stays where it is for the operator ([`Refusal::Lost`]). Checked and
+    /// marked under one lock, so two nodes found damaged at once cannot both pass.
+    ///
+    /// A node not heard from since chd started may be rebuilding (only its database says so):
+    /// while one that shares a partition with `id` is, the answer is [`Refusal::NotYet`], to be
+    /// asked again. Presuming it intact let a start set aside a second replica of a partition
+    /// (torture: a node failed its checks 16 ms before a node still rebuilding said hello).
+    pub fn claim_set_aside(&self, id: NodeId) -> Result<(), Refusal> {
         let layout = self.layout();
         let w = self.write_quorum();
         let mut nodes = self.nodes.write().expect("nodes lock");
-        layout.may_set_aside(id, w, |n| nodes.get(&n).is_some_and(|s| !s.intact))?;
+        set_aside_rule(&layout, id, w, |n| match nodes.get(&n) {
+            Some(s) if s.intact && !s.heard => None,
+            Some(s) => Some(s.intact),
+            None => Some(true),
+        })?;
         if let Some(slot) = nodes.get_mut(&id) {
             slot.intact = false;
         }
@@ -194,5 +239,32 @@ impl Cluster {
     pub fn send(&self, id: NodeId, event: Event) -> bool {
         let nodes = self.nodes.read().expect("nodes lock");
         nodes.get(&id).is_some_and(|s| s.events.send(event).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chd_data::ring::Ring;
+
+    #[test]
+    fn a_node_not_heard_from_holds_back_a_set_aside_until_it_reports() {
+        // R=3 on 4 nodes: every pair of nodes shares partitions.
+        let l = Layout::stable(Ring::new(&[0, 1, 2, 3], 3, 64).unwrap());
+        assert_eq!(set_aside_rule(&l, 0, 2, |_| Some(true)), Ok(()));
+        // Node 2 not heard from yet: it may be rebuilding, so ask again later.
+        assert_eq!(set_aside_rule(&l, 0, 2, |n| (n != 2).then_some(true)), Err(Refusal::NotYet));
+        // Node 2 reported a rebuild: refused for good (the operator's to resolve).
+        let lost = set_aside_rule(&l, 0, 2, |n| Some(n != 2));
+        assert!(matches!(&lost, Err(Refusal::Lost(why)) if why.contains("node 2 being rebuilt")), "{lost:?}");
+        // Lost wins over not yet: nothing to wait for.
+        let both = set_aside_rule(&l, 0, 2, |n| match n {
+            1 => None,
+            2 => Some(false),
+            _ => Some(true),
+        });
+        assert!(matches!(both, Err(Refusal::Lost(_))), "{both:?}");
+        // The node's own state does not count against it.
+        assert_eq!(set_aside_rule(&l, 0, 2, |n| (n != 0).then_some(true)), Ok(()));
     }
 }

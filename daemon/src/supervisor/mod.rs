@@ -49,7 +49,7 @@ use chd_data::NodeId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::cluster::{Cluster, NodeSlot};
+use crate::cluster::{Cluster, NodeSlot, Refusal};
 use crate::repair::{self, SyncMode};
 use crate::worker::link::{LinkError, WorkerLink};
 use crate::worker::proto::{WorkerHello, WorkerRequest, WorkerResponse};
@@ -71,6 +71,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Free space a node waits for after its worker stopped on a full disk.
 const DISK_SPACE_TO_RESTART: u64 = 32 << 20;
+/// How soon a worker whose database failed its checks is started again when chd could not
+/// yet tell whether setting it aside is safe ([`Refusal::NotYet`]).
+const NOT_YET_RETRY: Duration = Duration::from_millis(250);
 
 /// The answer to an operator's rebuild request: started, or refused with the reason.
 pub type RebuildReply = oneshot::Sender<Result<(), String>>;
@@ -128,9 +131,10 @@ pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId) {
             events: tx.clone(),
             generation: 0,
             max_version: 0,
-            // Until its hello says otherwise, a node's data is presumed intact: that is what
-            // keeps chd from setting aside a second replica while it does not know yet.
+            // Presumed intact, but not `heard`: until its hello, no node sharing a partition
+            // with it is set aside (`Cluster::claim_set_aside`).
             intact: true,
+            heard: false,
             note: None,
         },
     );
@@ -212,12 +216,22 @@ impl Keeper {
             } else {
                 self.cluster.update(id, |s| s.restarts += 1);
                 let mut give_up = None;
+                let mut not_yet = false;
                 if code == Some(EXIT_BAD_DATABASE) {
-                    if let Err(why) = self.set_aside("the database fails its own checks") {
-                        give_up = Some(format!("database damaged and not set aside: {why}"));
+                    // Its state is known now: damaged, though still intact until set aside.
+                    self.cluster.update(id, |s| s.heard = true);
+                    match self.set_aside("the database fails its own checks") {
+                        Ok(()) => {}
+                        Err(Refusal::NotYet) => not_yet = true,
+                        Err(why) => give_up = Some(format!("database damaged and not set aside: {why}")),
                     }
                 }
-                match (give_up, policy.on_exit(Instant::now())) {
+                let decision = match not_yet {
+                    // Not a crash of its own: asked again once the other nodes have reported.
+                    true => Decision::Restart { after: NOT_YET_RETRY },
+                    false => policy.on_exit(Instant::now()),
+                };
+                match (give_up, decision) {
                     (None, Decision::Restart { after }) => {
                         warn!(
                             node = id,
@@ -265,7 +279,7 @@ impl Keeper {
                             break;
                         }
                         Some(Event::Rebuild(reply)) => {
-                            let r = self.set_aside("rebuild requested");
+                            let r = self.set_aside("rebuild requested").map_err(|e| e.to_string());
                             let ok = r.is_ok();
                             let _ = reply.send(r);
                             if ok {
@@ -285,7 +299,7 @@ impl Keeper {
     }
 
     /// Moves the node's database into `quarantine/`, if chd may ([`Cluster::claim_set_aside`]).
-    fn set_aside(&mut self, why: &str) -> Result<(), String> {
+    fn set_aside(&mut self, why: &str) -> Result<(), Refusal> {
         let id = self.id;
         self.cluster.claim_set_aside(id)?;
         self.cluster.update(id, |s| s.progress = None);
@@ -297,7 +311,7 @@ impl Keeper {
             Ok(None) => Ok(()),
             Err(e) => {
                 error!(node = id, error = %format!("{e:#}"), "cannot move the database aside");
-                Err(format!("cannot move the database aside: {e:#}"))
+                Err(Refusal::Lost(format!("cannot move the database aside: {e:#}")))
             }
         }
     }
@@ -364,6 +378,7 @@ impl Keeper {
             s.link = Some(link.clone());
             s.progress = None;
             s.intact = mode != Some(SyncMode::Rebuild);
+            s.heard = true;
             s.max_version = s.max_version.max(hello.max_version);
         });
         if let Some(mode) = mode {
@@ -452,14 +467,14 @@ impl Keeper {
                 }
                 Some(Event::Rebuild(reply)) => {
                     if let Err(why) = self.cluster.claim_set_aside(id) {
-                        let _ = reply.send(Err(why));
+                        let _ = reply.send(Err(why.to_string()));
                         continue;
                     }
                     info!(node = id, "rebuild requested");
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
                     kill(&process);
                     self.wait_exit(generation).await;
-                    let _ = reply.send(self.set_aside("rebuild requested"));
+                    let _ = reply.send(self.set_aside("rebuild requested").map_err(|e| e.to_string()));
                     break Outcome::RebuildNow;
                 }
                 Some(Event::Shutdown(done)) => {
