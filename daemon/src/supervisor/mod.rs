@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use chd_data::proto::NodeState;
 use chd_data::NodeId;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, NodeSlot, Refusal};
 use crate::repair::{self, SyncMode};
@@ -226,29 +226,36 @@ impl Keeper {
                         Err(why) => give_up = Some(format!("database damaged and not set aside: {why}")),
                     }
                 }
-                let decision = match not_yet {
+                if not_yet {
                     // Not a crash of its own: asked again once the other nodes have reported.
-                    true => Decision::Restart { after: NOT_YET_RETRY },
-                    false => policy.on_exit(Instant::now()),
-                };
-                match (give_up, decision) {
-                    (None, Decision::Restart { after }) => {
-                        warn!(
-                            node = id,
-                            status = %describe_exit(status),
-                            backoff_ms = after.as_millis() as u64,
-                            "worker exited; respawning"
-                        );
-                        Wait::Backoff(after)
-                    }
-                    (why, _) => {
-                        let why = why.unwrap_or_else(|| "crashed too often".into());
-                        error!(node = id, "node failed: {why}; `chctl node restart {id}` retries");
-                        self.cluster.update(id, |s| {
-                            s.state = NodeState::Failed;
-                            s.note = Some(why);
-                        });
-                        Wait::Operator
+                    debug!(node = id, "database fails its checks; waiting for the nodes sharing its partitions");
+                    self.cluster.update(id, |s| {
+                        s.note = Some("database damaged; waiting for the nodes sharing its partitions to report".into())
+                    });
+                    Wait::Backoff(NOT_YET_RETRY)
+                } else {
+                    match (give_up, policy.on_exit(Instant::now())) {
+                        (None, Decision::Restart { after }) => {
+                            warn!(
+                                node = id,
+                                status = %describe_exit(status),
+                                backoff_ms = after.as_millis() as u64,
+                                "worker exited; respawning"
+                            );
+                            Wait::Backoff(after)
+                        }
+                        (why, _) => {
+                            let why = why.unwrap_or_else(|| "crashed too often".into());
+                            error!(node = id, "node failed: {why}; `chctl node restart {id}` retries");
+                            self.cluster.update(id, |s| {
+                                s.state = NodeState::Failed;
+                                s.note = Some(why);
+                                // Nothing more will be heard until an operator acts: no node
+                                // sharing its partitions waits for it.
+                                s.heard = true;
+                            });
+                            Wait::Operator
+                        }
                     }
                 }
             };
