@@ -214,7 +214,6 @@ impl Keeper {
                 self.cluster.update(id, |s| s.note = Some("disk full; waiting for free space".into()));
                 Wait::DiskSpace
             } else {
-                self.cluster.update(id, |s| s.restarts += 1);
                 let mut give_up = None;
                 let mut not_yet = false;
                 if code == Some(EXIT_BAD_DATABASE) {
@@ -234,6 +233,7 @@ impl Keeper {
                     });
                     Wait::Backoff(NOT_YET_RETRY)
                 } else {
+                    self.cluster.update(id, |s| s.restarts += 1);
                     match (give_up, policy.on_exit(Instant::now())) {
                         (None, Decision::Restart { after }) => {
                             warn!(
