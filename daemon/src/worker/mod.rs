@@ -330,11 +330,11 @@ pub fn serve<E: Engine>(
     // Buffered: chd writes many small frames at once, and reading each frame's length and
     // body with a syscall apiece was a sixth of a worker's time under load.
     let mut input = io::BufReader::with_capacity(256 << 10, stream);
-    let ended = loop {
+    let (ended, asked) = loop {
         let bodies = match next_batch(&mut input, MAX_BATCH_BYTES) {
             Ok(Some(bodies)) => bodies,
-            Ok(None) => break Ok(()),
-            Err(bad_frame) => break Err(bad_frame),
+            Ok(None) => break (Ok(()), false),
+            Err(bad_frame) => break (Err(bad_frame), false),
         };
         progress.start();
         // Each body is dropped once decoded: a batch is not held twice.
@@ -352,10 +352,18 @@ pub fn serve<E: Engine>(
         progress.done();
         proto_write(&mut out, &done.replies).map_err(link)?;
         if done.shutdown {
-            break Ok(());
+            break (Ok(()), true);
         }
     };
-    if let Err(e) = worker.node.close() {
+    // Only a shutdown chd asked for is a clean close that saves the index. When chd dies, its
+    // workers see the socket close just before the death signal kills them; an index saved
+    // then outlived the crash, and the next start trusted it without reading the log, so
+    // damage done to a segment in between went unnoticed (torture: `corrupt` with chd killed).
+    let closed = match asked {
+        true => worker.node.close(),
+        false => worker.node.sync(),
+    };
+    if let Err(e) = closed {
         let fatal = Fatal::storage("closing the database", &e);
         std::mem::forget(worker);
         return Err(fatal);
@@ -1118,6 +1126,34 @@ mod enospc_tests {
 
     fn sled(dir: &Path) -> Box<dyn Engine> {
         Box::new(SledEngine::open_waiting(dir))
+    }
+
+    /// A worker saves its index only when chd asks it to shut down, never when chd's end of
+    /// the socket closes: that is how a killed chd looks to its workers, just before their
+    /// death signal, and an index saved then let the next start skip reading a log that was
+    /// damaged in between.
+    #[test]
+    fn only_a_shutdown_chd_asked_for_saves_the_index() {
+        for ask in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::open(append_log(dir.path()), dir.path(), 4).unwrap();
+            let (mut ours, theirs) = UnixStream::pair().unwrap();
+            let (_health, health_theirs) = UnixStream::pair().unwrap();
+            let worker = std::thread::spawn(move || serve(node, theirs, health_theirs, Box::new(Plenty), 0));
+            read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("hello");
+            let mut buf = Vec::new();
+            let record = Record { version: 1, value: Some(b"v".to_vec()) };
+            encode_frame(&Frame { id: 1, msg: WorkerRequest::Put { key: b"k".to_vec(), record } }, &mut buf);
+            if ask {
+                encode_frame(&Frame { id: 2, msg: WorkerRequest::Shutdown }, &mut buf);
+            }
+            ours.write_all(&buf).unwrap();
+            read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("the put's reply");
+            drop(ours);
+            worker.join().unwrap().unwrap();
+            let saved = dir.path().join("log").join("index").exists();
+            assert_eq!(saved, ask, "asked to shut down: {ask}; index saved: {saved}");
+        }
     }
 
     /// What a worker opens for a new database: the append log behind the write-ahead log.
