@@ -76,7 +76,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Head, HEAD};
+use super::{Engine, Head, Put, HEAD};
 
 /// A new segment is started once the current one holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -505,6 +505,39 @@ impl AppendLog {
         }
     }
 
+    /// [`Engine::put_unless`] with the index out of `self`.
+    fn put_in(
+        &mut self,
+        index: &mut BTreeMap<Key, Loc>,
+        key: &[u8],
+        value: &[u8],
+        keep: &mut dyn FnMut(&Head) -> bool,
+    ) -> io::Result<Put> {
+        use std::collections::btree_map::Entry as Slot;
+        let slot = index.entry(Key::new(key));
+        let old = match &slot {
+            Slot::Occupied(e) => Some(*e.get()),
+            Slot::Vacant(_) => None,
+        };
+        if let Some(old) = old.filter(|old| keep(&old.head)) {
+            return Ok(Put::Kept(old.head));
+        }
+        let loc = self.append(PUT, key, value)?;
+        self.live_bytes += loc.record(key);
+        self.live.set(&loc);
+        match slot {
+            Slot::Occupied(mut e) => {
+                let old = e.insert(loc);
+                self.live_bytes -= old.record(key);
+                self.live.clear(&old);
+            }
+            Slot::Vacant(e) => {
+                e.insert(loc);
+            }
+        }
+        Ok(Put::Replaced(old.map(|old| old.head)))
+    }
+
     fn index_delete(&mut self, key: &[u8]) {
         if let Some(old) = self.index.remove(&Key::new(key)) {
             self.live_bytes -= old.record(key);
@@ -818,15 +851,22 @@ impl Engine for AppendLog {
         Ok(self.index.get(&Key::new(key)).map(|loc| loc.head))
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.put_unless(key, value, &mut |_| false).map(|_| ())
+    }
+    /// One search of the index: the key's entry is found, shown to `keep`, and then
+    /// overwritten in place. The index is moved out of `self` meanwhile (a move of three
+    /// words), so that `append`, which never touches it, can run while the entry is held.
+    fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
         if u32::try_from(HEADER + key.len() + value.len()).is_err() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a record over 4 GiB"));
         }
         // Before the record, so that the last record before a sync is the caller's (the
         // write-ahead log's checkpoint record; see the module doc).
         self.maybe_compact()?;
-        let loc = self.append(PUT, key, value)?;
-        self.index_put(key, loc);
-        Ok(())
+        let mut index = std::mem::take(&mut self.index);
+        let done = self.put_in(&mut index, key, value, keep);
+        self.index = index;
+        done
     }
     fn delete(&mut self, key: &[u8]) -> io::Result<()> {
         if !self.index.contains_key(&Key::new(key)) {

@@ -41,6 +41,15 @@ impl Head {
     }
 }
 
+/// What [`Engine::put_unless`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The value was put. The head of the value it replaced, if the key had one.
+    Replaced(Option<Head>),
+    /// The stored value stays, as asked; this is its head. Nothing was written.
+    Kept(Head),
+}
+
 pub trait Engine: Send {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     /// The [`Head`] of `key`'s value. An engine that keeps heads in memory answers without
@@ -51,6 +60,17 @@ pub trait Engine: Send {
     }
     /// Inserts or overwrites. Not durable until [`Engine::sync`] returns.
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()>;
+    /// [`Engine::put`], unless `keep`, shown the [`Head`] of the stored value, says to keep
+    /// that one. An engine that keeps heads in its index finds the key once: every write of a
+    /// worker compares its version with the stored one, and `get_head` then `put` searched the
+    /// append log's index twice (about 0.7 us each among 750k keys, mostly cache misses).
+    fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
+        let old = self.get_head(key)?;
+        match old {
+            Some(head) if keep(&head) => Ok(Put::Kept(head)),
+            _ => self.put(key, value).map(|()| Put::Replaced(old)),
+        }
+    }
     fn delete(&mut self, key: &[u8]) -> io::Result<()>;
     /// Entries with `from <= key < to`, ascending; at most `limit` of them.
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> io::Result<Vec<Entry>>;
@@ -80,6 +100,9 @@ impl Engine for Box<dyn Engine> {
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         (**self).put(key, value)
+    }
+    fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
+        (**self).put_unless(key, value, keep)
     }
     fn delete(&mut self, key: &[u8]) -> io::Result<()> {
         (**self).delete(key)
@@ -117,6 +140,21 @@ pub(crate) mod tests {
         assert_eq!(e.get_head(b"long").unwrap().unwrap().as_slice(), b"012345678");
         assert_eq!(e.get_head(b"b").unwrap().unwrap().as_slice(), b"22");
         assert_eq!(e.get_head(b"never").unwrap(), None);
+        // put_unless: shown the stored head, if any; keeps or replaces as told.
+        let mut shown = Vec::new();
+        let mut keep = |h: &Head| {
+            shown.push(h.as_slice().to_vec());
+            h.as_slice() == b"22"
+        };
+        assert_eq!(e.put_unless(b"b", b"kept?", &mut keep).unwrap(), Put::Kept(Head::of(b"22")));
+        assert_eq!(e.put_unless(b"a", b"11", &mut keep).unwrap(), Put::Replaced(Some(Head::of(b"1"))));
+        assert_eq!(e.put_unless(b"new", b"n", &mut keep).unwrap(), Put::Replaced(None));
+        assert_eq!(shown, vec![b"22".to_vec(), b"1".to_vec()], "an absent key is not shown");
+        assert_eq!(e.get(b"b").unwrap(), Some(b"22".to_vec()));
+        assert_eq!(e.get(b"a").unwrap(), Some(b"11".to_vec()));
+        assert_eq!(e.get_head(b"new").unwrap(), Some(Head::of(b"n")));
+        e.put(b"a", b"1").unwrap();
+        e.delete(b"new").unwrap();
         e.delete(b"long").unwrap();
         e.delete(b"c").unwrap();
         e.delete(b"never").unwrap();

@@ -227,6 +227,17 @@ impl<E: Engine> Wal<E> {
     }
 }
 
+impl<E: Engine> Wal<E> {
+    /// Adds a put to the pending frame.
+    fn log_put(&mut self, key: &[u8], value: &[u8]) {
+        self.pending.push(PUT);
+        self.pending.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(key);
+        self.pending.extend_from_slice(value);
+    }
+}
+
 impl<E: Engine> Engine for Wal<E> {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         self.inner.get(key)
@@ -236,12 +247,20 @@ impl<E: Engine> Engine for Wal<E> {
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         self.inner.put(key, value)?;
-        self.pending.push(PUT);
-        self.pending.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.pending.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.pending.extend_from_slice(key);
-        self.pending.extend_from_slice(value);
+        self.log_put(key, value);
         Ok(())
+    }
+    fn put_unless(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        keep: &mut dyn FnMut(&super::Head) -> bool,
+    ) -> io::Result<super::Put> {
+        let done = self.inner.put_unless(key, value, keep)?;
+        if let super::Put::Replaced(_) = done {
+            self.log_put(key, value);
+        }
+        Ok(done)
     }
     fn delete(&mut self, key: &[u8]) -> io::Result<()> {
         self.inner.delete(key)?;
@@ -374,6 +393,26 @@ mod tests {
         assert_eq!(wal.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(wal.get(b"b").unwrap(), None, "a logged delete was lost");
         assert_eq!(wal.get(b"c").unwrap(), Some(b"3".to_vec()));
+    }
+
+    /// A put that `keep` refused is not logged: replayed after a crash, it would replace the
+    /// value that was kept (for a worker, an older version over a newer one).
+    #[test]
+    fn only_the_puts_put_unless_made_are_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"new").unwrap();
+        wal.sync().unwrap();
+        let kept = wal.put_unless(b"a", b"old", &mut |h| h.as_slice() == b"new").unwrap();
+        assert_eq!(kept, super::super::Put::Kept(super::super::Head::of(b"new")));
+        wal.put_unless(b"b", b"made", &mut |_| true).unwrap();
+        wal.sync().unwrap();
+        let crashed = wal.inner.crash();
+        drop(wal);
+        let wal = Wal::open(crashed, dir.path()).unwrap();
+        assert_eq!(wal.get(b"a").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(wal.get(b"b").unwrap(), Some(b"made".to_vec()));
     }
 
     /// An engine with space to give back (compacted files) gets its sync at the next batch,

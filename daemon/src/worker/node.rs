@@ -52,7 +52,7 @@ use chd_data::ring::partition_of;
 use chd_data::{NodeId, Record};
 
 use super::values::{self, Header, Stored, ValueFiles, ValueRef};
-use crate::storage::Engine;
+use crate::storage::{Engine, Head, Put};
 
 const META: [u8; 4] = [0xff; 4];
 const IDENTITY: &[u8] = b"identity";
@@ -356,12 +356,46 @@ impl<E: Engine> Node<E> {
     /// next [`Node::sync`].
     pub fn put(&mut self, key: &[u8], record: &Record) -> io::Result<bool> {
         let k = data_key(partition_of(key, self.partitions), key);
-        // The replaced record's version and kind, from its head: no read of the record where
-        // the engine keeps heads in memory. Its value file, when it has one, needs the record.
-        let old = match self.engine.get_head(&k)? {
-            None => None,
-            Some(head) => Some(Header::parse(head.as_slice()).ok_or_else(|| corrupt("undecodable"))?),
+        if !values::is_inline(key, record) {
+            let old = self.old_header(&k)?;
+            return self.put_general(k, key, record, old);
+        }
+        // The common case, with one search of the engine's index: the record goes in unless
+        // the stored one is as new (then nothing is written) or keeps its value in a file
+        // (then the general path reads it, for the file's name). Marked dirty and the ceiling
+        // raised first, as every write must be; for a record that stays, that is harmless.
+        self.mark_dirty()?;
+        self.raise_ceiling(record.version)?;
+        let keep = &mut |head: &Head| {
+            Header::parse(head.as_slice()).is_none_or(|o| o.version >= record.version || o.in_file())
         };
+        let old = match self.engine.put_unless(&k, &record.encode(), keep)? {
+            Put::Kept(head) => {
+                let old = Header::parse(head.as_slice()).ok_or_else(|| corrupt("undecodable"))?;
+                return match old.version >= record.version {
+                    true => Ok(false),
+                    false => self.put_general(k, key, record, Some(old)),
+                };
+            }
+            Put::Replaced(None) => None,
+            Put::Replaced(Some(head)) => Some(Header::parse(head.as_slice()).ok_or_else(|| corrupt("undecodable"))?),
+        };
+        self.count_put(&k, record, old, None, None);
+        Ok(true)
+    }
+
+    /// The replaced record's version and kind, from its head: no read of the record where
+    /// the engine keeps heads in memory.
+    fn old_header(&self, k: &[u8]) -> io::Result<Option<Header>> {
+        match self.engine.get_head(k)? {
+            None => Ok(None),
+            Some(head) => Ok(Some(Header::parse(head.as_slice()).ok_or_else(|| corrupt("undecodable"))?)),
+        }
+    }
+
+    /// [`Node::put`] of any record, given the header of the one it replaces. A replaced
+    /// record's value file needs the record read.
+    fn put_general(&mut self, k: Vec<u8>, key: &[u8], record: &Record, old: Option<Header>) -> io::Result<bool> {
         if old.is_some_and(|o| o.version >= record.version) {
             return Ok(false);
         }
@@ -392,20 +426,33 @@ impl<E: Engine> Node<E> {
             self.engine.delete(&file_key(f.seq))?;
             self.values.replace_later(f);
         }
+        self.count_put(&k, record, old, old_file.map(|f| f.seq), new_file);
+        Ok(true)
+    }
+
+    /// The counters after a put of `record` under `k` that replaced `old`, and the files the
+    /// old and new records point to.
+    fn count_put(
+        &mut self,
+        k: &[u8],
+        record: &Record,
+        old: Option<Header>,
+        old_file: Option<u64>,
+        new_file: Option<u64>,
+    ) {
         let delta = live_delta(old.is_some_and(|o| !o.is_tombstone()), !record.is_tombstone());
         apply_delta(&mut self.live_keys, delta);
         self.max_version = self.max_version.max(record.version);
         if let Some(rc) = self.recount.as_mut() {
             rc.max_version = rc.max_version.max(record.version);
-            if k < rc.cursor {
+            if k < rc.cursor.as_slice() {
                 apply_delta(&mut rc.live, delta);
                 if let Some(f) = old_file {
-                    rc.files.remove(&f.seq);
+                    rc.files.remove(&f);
                 }
                 rc.files.extend(new_file);
             }
         }
-        Ok(true)
     }
 
     /// (key, version) pairs of `partition` after `after`, ascending, at most `limit`.
