@@ -225,9 +225,7 @@ impl<E: Engine> Wal<E> {
         self.offset = 0;
         Ok(())
     }
-}
 
-impl<E: Engine> Wal<E> {
     /// Adds a put to the pending frame.
     fn log_put(&mut self, key: &[u8], value: &[u8]) {
         self.pending.push(PUT);
