@@ -236,8 +236,8 @@ pub struct AppendLog {
     compacted: Vec<u32>,
     /// The compaction under way, if any (see [`AppendLog::maybe_compact`]).
     compaction: Option<Compaction>,
-    /// The buffer of the last compaction, kept for the next: a fresh 8 MiB each time was
-    /// zeroed and faulted in anew (1.5% of all CPU under random overwrites of 1M keys).
+    /// The buffer of the last compaction, kept for the next: a fresh 8 MiB each time has to
+    /// be faulted in and zeroed anew, and fresh memory is slow on this kind of VM.
     spare: Vec<u8>,
     /// Left by `open` for the first sync: (segment, valid length) to truncate, and later
     /// segments to remove, all past the end of the log.
@@ -592,9 +592,9 @@ impl AppendLog {
     }
 
     /// Compacts the oldest segment once the garbage is over its bound, a step per call (per
-    /// write of `bytes`; see [`AppendLog::compact_step`]): a slice of the index is walked in key order, the
-    /// live records of the segment among them are copied to the end of the log and their
-    /// entries pointed at the copies, and the segment is dropped once the walk ends.
+    /// write of `bytes`; see [`AppendLog::compact_step`]): a slice of the index is walked in
+    /// key order, the live records of the segment among them are copied to the end of the log
+    /// and their entries pointed at the copies, and the segment is dropped once the walk ends.
     ///
     /// Why a walk of the index rather than of the segment's records: each record copied that
     /// way had to be searched for in the index, and those searches (cache misses, about
