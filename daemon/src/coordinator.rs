@@ -99,8 +99,14 @@ impl Coordinator {
         let version = self.versions.next().await.map_err(|e| Error::Internal(format!("{e:#}")))?;
         let record = Record { version, value };
         let placement = self.cluster.placement_of(key);
-        self.make_durable(&placement, key, &record, &[]).await?;
-        self.cache.put(key, record.value.map(Into::into));
+        let req = link::encode_put(key, &record);
+        // A value the cache will not keep is dropped now, before the replicas answer: a
+        // maximal write then holds one copy in chd (the encoded request), not two.
+        let cached = self.cache.keeps(key, record.value.as_deref()).then_some(record.value);
+        self.make_durable(&placement, req, &[]).await?;
+        if let Some(value) = cached {
+            self.cache.put(key, value.as_deref());
+        }
         Ok(())
     }
 
@@ -151,20 +157,15 @@ impl Coordinator {
             answers.iter().filter(|(_, r)| version_of(r) == newest.version).map(|(id, _)| *id).collect();
         // Read repair: the newest version must be durable on W nodes of every write set before
         // anyone sees it, or a later read could miss it.
-        self.make_durable(&placement, key, &newest, &holders).await?;
-        self.cache.put(key, newest.value.as_deref().map(Into::into));
+        self.make_durable(&placement, link::encode_put(key, &newest), &holders).await?;
+        self.cache.put(key, newest.value.as_deref());
         Ok(newest.value)
     }
 
-    /// Sends `record` to every write target not in `holders` at once, and returns as soon as
-    /// W nodes of each write set have it on disk (counting `holders`, which already do).
-    async fn make_durable(
-        &self,
-        placement: &Placement,
-        key: &[u8],
-        record: &Record,
-        holders: &[NodeId],
-    ) -> Result<(), Error> {
+    /// Sends `req` (a put, encoded once by [`link::encode_put`] for every replica) to every
+    /// write target not in `holders` at once, and returns as soon as W nodes of each write set
+    /// have it on disk (counting `holders`, which already do).
+    async fn make_durable(&self, placement: &Placement, req: Arc<[u8]>, holders: &[NodeId]) -> Result<(), Error> {
         let w = self.cluster.write_quorum();
         let mut have: Vec<NodeId> = holders.to_vec();
         let weakest = |have: &[NodeId]| {
@@ -174,8 +175,6 @@ impl Coordinator {
             return Ok(());
         }
         let mut calls: Vec<Call<_>> = Vec::new();
-        // Encoded once and shared by every replica's link.
-        let req = link::encode_put(key, record);
         let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
