@@ -59,7 +59,7 @@ struct Entry {
 }
 
 fn cost(key: &[u8], value: &Value) -> usize {
-    key.len() + value.as_ref().map_or(0, |v| v.len()) + OVERHEAD
+    ValueCache::size(key, value.as_deref())
 }
 
 impl ValueCache {
@@ -120,13 +120,12 @@ impl ValueCache {
     /// is copied only when it is kept: a copy of every 32 MiB value written, made only to be
     /// dropped, pushed chd's peak memory past 1 GiB under maximal writes.
     pub fn put(&self, key: &[u8], value: Option<&[u8]>) {
-        let size = Self::size(key, value);
         let mut inner = self.inner.lock().expect("cache lock");
+        inner.remove(key);
         if !self.keeps(key, value) {
-            inner.remove(key);
             return;
         }
-        inner.remove(key);
+        let size = Self::size(key, value);
         let value: Value = value.map(Into::into);
         let key: Arc<[u8]> = key.into();
         inner.map.insert(key.clone(), Entry { value, referenced: false });

@@ -38,7 +38,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Entry};
+use super::{Engine, Entry, Head, Put};
 
 /// Size of the log file. A checkpoint comes every this many bytes of log.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -248,14 +248,9 @@ impl<E: Engine> Engine for Wal<E> {
         self.log_put(key, value);
         Ok(())
     }
-    fn put_unless(
-        &mut self,
-        key: &[u8],
-        value: &[u8],
-        keep: &mut dyn FnMut(&super::Head) -> bool,
-    ) -> io::Result<super::Put> {
+    fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
         let done = self.inner.put_unless(key, value, keep)?;
-        if let super::Put::Replaced(_) = done {
+        if let Put::Replaced(_) = done {
             self.log_put(key, value);
         }
         Ok(done)
@@ -403,7 +398,7 @@ mod tests {
         wal.put(b"a", b"new").unwrap();
         wal.sync().unwrap();
         let kept = wal.put_unless(b"a", b"old", &mut |h| h.as_slice() == b"new").unwrap();
-        assert_eq!(kept, super::super::Put::Kept(super::super::Head::of(b"new")));
+        assert_eq!(kept, Put::Kept(Head::of(b"new")));
         wal.put_unless(b"b", b"made", &mut |_| true).unwrap();
         wal.sync().unwrap();
         let crashed = wal.inner.crash();

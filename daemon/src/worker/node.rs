@@ -356,15 +356,17 @@ impl<E: Engine> Node<E> {
     /// next [`Node::sync`].
     pub fn put(&mut self, key: &[u8], record: &Record) -> io::Result<bool> {
         let k = data_key(partition_of(key, self.partitions), key);
-        if !values::is_inline(key, record) {
+        // The first write after a sync takes the general path too: it marks the node dirty,
+        // and only if it writes (a batch of versions the node already has writes nothing).
+        if !values::is_inline(key, record) || !self.dirty {
             let old = self.old_header(&k)?;
             return self.put_general(k, key, record, old);
         }
         // The common case, with one search of the engine's index: the record goes in unless
         // the stored one is as new (then nothing is written) or keeps its value in a file
-        // (then the general path reads it, for the file's name). Marked dirty and the ceiling
-        // raised first, as every write must be; for a record that stays, that is harmless.
-        self.mark_dirty()?;
+        // (then the general path reads it, for the file's name). The ceiling is raised first,
+        // as before every write: a version above it is newer than any stored one, so that
+        // write does happen.
         self.raise_ceiling(record.version)?;
         let keep = &mut |head: &Head| {
             Header::parse(head.as_slice()).is_none_or(|o| o.version >= record.version || o.in_file())
@@ -684,6 +686,22 @@ mod tests {
         assert_eq!(n.get(b"k").unwrap(), Some(rec(7, None)));
         assert_eq!(n.live_keys(), 0);
         assert_eq!(n.max_version(), 7);
+    }
+
+    /// Versions a node already has (what repair and catch-up often send) write nothing: the
+    /// node is not even marked dirty, so their batch's sync has nothing to make durable.
+    #[test]
+    fn a_batch_of_versions_already_held_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(MemoryEngine::default(), dir.path(), 64).unwrap();
+        assert!(n.put(b"k", &rec(5, Some("five"))).unwrap());
+        n.sync().unwrap();
+        assert!(!n.dirty);
+        assert!(!n.put(b"k", &rec(5, Some("five"))).unwrap());
+        assert!(!n.put(b"k", &rec(4, Some("four"))).unwrap());
+        assert!(!n.dirty, "a write that stored nothing marked the node dirty");
+        assert!(n.put(b"k", &rec(6, Some("six"))).unwrap());
+        assert!(n.dirty);
     }
 
     #[test]
