@@ -102,7 +102,8 @@ pub const GARBAGE_RATIO: f64 = 0.3;
 /// No compaction while the whole log is smaller than this many segments: not worth a rewrite.
 const MIN_COMPACT_SEGMENTS: u64 = 4;
 /// The index is built again with full nodes once keys added or removed since it was last built
-/// pass a quarter of its entries, and at least this many (see [`AppendLog::maybe_rebuild_index`]).
+/// pass a quarter to a half of its entries, and at least this many (see
+/// [`AppendLog::maybe_rebuild_index`]).
 const REBUILD_MIN: usize = if cfg!(test) { 16 } else { 4096 };
 const HEADER: usize = 4 + 4 + 1 + 4;
 /// The index [`AppendLog::close`] saves, in `log/`, and the name it is written under first.
@@ -260,8 +261,10 @@ pub struct AppendLog {
     /// Whether a saved index (or the start of one) may still be in `log/`: the first sync
     /// removes it.
     index_file: bool,
-    /// Keys added to or removed from the index since it was last built with full nodes.
+    /// Keys added to or removed from the index since it was last built with full nodes, and
+    /// how many of them make it build the index again.
     reshaped: usize,
+    rebuild_at: usize,
     /// Holds the directory's lock (`flock`) for as long as the engine lives.
     _lock: File,
 }
@@ -371,6 +374,7 @@ impl AppendLog {
             segment_bytes,
             index: BTreeMap::new(),
             reshaped: 0,
+            rebuild_at: REBUILD_MIN,
             segments: BTreeMap::new(),
             active: numbers.last().copied().unwrap_or(0) + 1,
             buf: Vec::new(),
@@ -428,6 +432,7 @@ impl AppendLog {
         for (k, loc) in &log.index {
             log.live_bytes += HEADER as u64 + u64::from(k.len) + u64::from(loc.len);
         }
+        log.index_built();
         // A process killed before its sync left what it wrote in the page cache, where this
         // one reads it: it counts as written by this process, made durable by the next seal.
         log.unsynced = log.segments.keys().copied().collect();
@@ -520,21 +525,32 @@ impl AppendLog {
     }
 
     /// Builds the index again with full nodes once the keys added to or removed from it since
-    /// it was last built are a quarter of it.
+    /// it was last built are a quarter to a half of it (drawn at random each time).
     ///
     /// Why: a B-tree filled by inserts keeps nodes about half full, and chd's keys arrive in
     /// order within each partition (the partition leads the key), which is the worst case:
-    /// after loading 1M keys in order, the workers held 508 MiB, against 351 MiB once
+    /// after loading 1M keys in order, the workers held 513 MiB, against 345 MiB once
     /// restarted with the same keys (an index built from sorted entries has full nodes), and
     /// every search crosses more nodes. The rebuild moves every entry once, about as much work
-    /// again as the inserts it follows, in a pause of the worker's batch (about 40 ms for a
-    /// worker's 750k entries here); a store whose key set does not change never pays it.
+    /// again as the inserts it follows, in a pause of the worker's batch: 50-170 ms for 380k
+    /// to 650k entries here, while loading. A store whose key set does not change never pays
+    /// it. The random share keeps a node's replicas, which see the same keys come, from
+    /// pausing at once: one paused replica of three does not hold up a write (W=2).
     fn maybe_rebuild_index(&mut self) {
-        if self.reshaped >= (self.index.len() / 4).max(REBUILD_MIN) {
+        if self.reshaped >= self.rebuild_at {
             // A map built from sorted, unique entries gets full nodes (as in `build_index`).
             self.index = std::mem::take(&mut self.index).into_iter().collect();
-            self.reshaped = 0;
+            self.index_built();
         }
+    }
+
+    /// Notes that the index was just built with full nodes, and when to build it again.
+    fn index_built(&mut self) {
+        use std::hash::BuildHasher;
+        let quarter = self.index.len() / 4;
+        let random = std::collections::hash_map::RandomState::new().hash_one(self.index.len()) as usize;
+        self.reshaped = 0;
+        self.rebuild_at = (quarter + random % (quarter + 1)).max(REBUILD_MIN);
     }
 
     /// Appends a record to the buffer (starting a new segment first if the current one is
@@ -1501,13 +1517,13 @@ mod tests {
             let (k, v) = (format!("key-{i:04}").into_bytes(), i.to_be_bytes().to_vec());
             e.put(&k, &v).unwrap();
             model.insert(k, v);
-            assert!(e.reshaped < (e.index.len() / 4).max(REBUILD_MIN), "not rebuilt after {i} inserts");
+            assert!(e.reshaped < (e.index.len() / 2).max(REBUILD_MIN), "not rebuilt after {i} inserts");
         }
         for i in (0..1000u32).step_by(3) {
             let k = format!("key-{i:04}").into_bytes();
             e.delete(&k).unwrap();
             model.remove(&k);
-            assert!(e.reshaped < (e.index.len() / 4).max(REBUILD_MIN), "not rebuilt after deletes");
+            assert!(e.reshaped < (e.index.len() / 2).max(REBUILD_MIN), "not rebuilt after deletes");
         }
         assert_eq!(state(&e), model);
         e.sync().unwrap();
