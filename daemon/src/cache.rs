@@ -21,13 +21,14 @@
 //! CLOCK (second chance): cheap to keep up on every hit, close to LRU for hot keys.
 //!
 //! A write of a cached key keeps the key's entry: [`ValueCache::remove`] only marks it
-//! *forgotten* (its value dropped, never returned), and [`ValueCache::put`] fills it again in
-//! place. Why: removing the entry and inserting a new one made every write allocate and free
-//! the key, push a slot on the clock's queue and, once the queue had grown to twice the
-//! entries, walk the whole queue with a lookup per slot (all cache misses with a million keys).
-//! With the cache full, the cache cost chd 2.7 µs of CPU per SET at -c 50 -P 16 and 3.9 µs at
-//! -c 50 that way (1M keys, against `--read-cache-mib 0`). A forgotten entry counts its key
-//! and overhead against the limit, and eviction takes it like any other.
+//! *forgotten* (its value is never returned), and [`ValueCache::put`] fills it again in
+//! place, copying the new value into the old one's allocation when they have the same length
+//! and no reader holds it. Why: removing the entry and inserting a new one made every write
+//! allocate and free the key, push a slot on the clock's queue and, once the queue had grown
+//! to twice the entries, walk the whole queue with a lookup per slot (all cache misses with a
+//! million keys). With the cache full, the cache cost chd 2.7 µs of CPU per SET at -c 50 -P 16
+//! and 3.9 µs at -c 50 that way (1M keys, against `--read-cache-mib 0`). A forgotten entry
+//! keeps its bytes counted against the limit, and eviction takes it like any other.
 //!
 //! Hits and misses are counted with relaxed atomics for `chctl stats`; a read that first tries
 //! the cache without waiting and then takes the full read path counts one miss, not two.
@@ -66,8 +67,10 @@ struct Inner {
 }
 
 struct Entry {
-    /// `None` while forgotten.
-    value: Option<Value>,
+    value: Value,
+    /// False while forgotten: `value` is then stale and never returned (kept only for its
+    /// allocation).
+    current: bool,
     /// Which put made this entry (see `Inner::clock`).
     serial: u32,
     /// Read since the clock hand last passed it.
@@ -128,10 +131,19 @@ impl std::borrow::Borrow<[u8]> for Key {
 
 impl Entry {
     fn bytes(&self) -> usize {
-        match &self.value {
-            Some(Some(v)) => v.len(),
-            _ => 0,
+        self.value.as_deref().map_or(0, <[u8]>::len)
+    }
+
+    /// Makes `value` the entry's current value, in the old value's allocation when it can.
+    fn set(&mut self, value: Option<&[u8]>) {
+        self.current = true;
+        if let (Some(old), Some(new)) = (&mut self.value, value) {
+            if let Some(old) = Arc::get_mut(old).filter(|old| old.len() == new.len()) {
+                old.copy_from_slice(new);
+                return;
+            }
         }
+        self.value = value.map(Into::into);
     }
 }
 
@@ -159,9 +171,11 @@ impl ValueCache {
         let found = {
             let mut inner = self.inner.lock().expect("cache lock");
             inner.map.get_mut(key).and_then(|e| {
-                let value = e.value.clone()?;
+                if !e.current {
+                    return None;
+                }
                 e.referenced = true;
-                Some(value)
+                Some(e.value.clone())
             })
         };
         match found {
@@ -199,19 +213,19 @@ impl ValueCache {
             inner.remove(key);
             return;
         }
-        let new: Value = value.map(Into::into);
-        let grown = new.as_deref().map_or(0, <[u8]>::len);
         match inner.map.get_mut(key) {
             Some(e) => {
-                let shrunk = e.bytes();
-                e.value = Some(new);
-                inner.bytes = inner.bytes - shrunk + grown;
+                let old = e.bytes();
+                e.set(value);
+                let new = e.bytes();
+                inner.bytes = inner.bytes - old + new;
             }
             None => {
                 let serial = inner.serial;
                 inner.serial = serial.wrapping_add(1);
                 let k = Key::new(key);
-                inner.map.insert(k.clone(), Entry { value: Some(new), serial, referenced: false });
+                let entry = Entry { value: value.map(Into::into), current: true, serial, referenced: false };
+                inner.map.insert(k.clone(), entry);
                 inner.clock.push_back((k, serial));
                 inner.bytes += Self::size(key, value);
             }
@@ -227,16 +241,14 @@ impl ValueCache {
     }
 
     /// Forgets `key`'s value: it is about to change in a way chd may not learn. The entry
-    /// stays, empty, for the [`ValueCache::put`] that usually follows (see the module docs).
+    /// stays, forgotten, for the [`ValueCache::put`] that usually follows (see the module
+    /// docs).
     pub fn remove(&self, key: &[u8]) {
         if self.max_bytes == 0 {
             return;
         }
-        let mut inner = self.inner.lock().expect("cache lock");
-        if let Some(e) = inner.map.get_mut(key) {
-            let freed = e.bytes();
-            e.value = None;
-            inner.bytes -= freed;
+        if let Some(e) = self.inner.lock().expect("cache lock").map.get_mut(key) {
+            e.current = false;
         }
     }
 
@@ -358,6 +370,30 @@ mod tests {
         assert!(inner.map.is_empty(), "the new slot evicted the key");
         assert!(!inner.evict_one(), "the old slot evicted nothing");
         assert_eq!(inner.bytes, 0);
+    }
+
+    #[test]
+    fn a_new_value_of_the_same_length_reuses_the_old_one_s_memory_unless_a_reader_holds_it() {
+        let c = ValueCache::new(1 << 20);
+        c.put(b"k", Some(b"one"));
+        let first = c.get(b"k").unwrap().unwrap();
+        let at = Arc::as_ptr(&first);
+        // A reader still holds the value: the new one goes elsewhere, and the reader's copy
+        // does not change under it.
+        c.remove(b"k");
+        c.put(b"k", Some(b"two"));
+        assert_eq!(&*first, b"one");
+        let second = c.get(b"k").unwrap().unwrap();
+        assert_eq!(&*second, b"two");
+        let at = (at, Arc::as_ptr(&second));
+        assert_ne!(at.0, at.1);
+        drop((first, second));
+        // Nobody holds it: the next value of the same length is written in place.
+        c.remove(b"k");
+        c.put(b"k", Some(b"six"));
+        let third = c.get(b"k").unwrap().unwrap();
+        assert_eq!((&*third, Arc::as_ptr(&third)), (&b"six"[..], at.1));
+        assert_eq!(c.bytes(), 1 + 3 + OVERHEAD);
     }
 
     #[test]
