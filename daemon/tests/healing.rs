@@ -126,6 +126,32 @@ fn repair_fixes_a_stale_replica_and_then_finds_nothing() {
     assert_eq!(chd.stored_copies(), 300);
 }
 
+/// A torture run failed on this: a node killed six times in 16 s by the nemesis was marked
+/// failed ("crashed too often") and stayed failed, waiting for a person. Kills are what
+/// restarting heals; only crashes of the worker's own count toward giving up.
+#[test]
+fn a_node_killed_again_and_again_is_restarted_every_time() {
+    let chd = Chd::start(&[]);
+    chd.set("k", "v");
+    let mut last = 0;
+    // One more kill than the crashes that mark a node failed.
+    for kills in 0..6 {
+        let mut pid = None;
+        wait_for("node 1 up again", Duration::from_secs(30), || {
+            let n = chd.node(1);
+            assert_ne!(n["state"], "failed", "marked failed after {kills} kills: {n}");
+            pid = n["pid"].as_u64().filter(|&p| p != last && n["state"] == "up");
+            pid.is_some()
+        });
+        let pid = pid.unwrap();
+        signal(pid as u32, libc::SIGKILL);
+        last = pid;
+    }
+    chd.wait_all_up(Duration::from_secs(30));
+    assert_eq!(chd.get("k").as_deref(), Some(&b"v"[..]));
+    assert!(chd.node(1)["restarts"].as_u64().unwrap() >= 6);
+}
+
 #[test]
 fn a_crash_looping_node_is_marked_failed_until_restarted() {
     let chd = Chd::start(&[]);

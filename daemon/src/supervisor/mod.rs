@@ -30,8 +30,10 @@
 //!   marked failed with the reason and the data stays where it is;
 //! - [`EXIT_DISK_FULL`]: nothing is wrong with the data; the node waits for free space and is
 //!   respawned, without counting as a crash;
-//! - anything else (a crash, a kill, [`crate::worker::EXIT_IO`], a held lock): respawned with
-//!   backoff, marked failed after too many.
+//! - killed (SIGKILL: by chd as hung, by the OOM killer, by a person): respawned with backoff,
+//!   never marked failed for it ([`policy`] says why);
+//! - anything else (a crash, [`crate::worker::EXIT_IO`], a held lock): respawned with backoff,
+//!   marked failed after too many.
 //!
 //! Operator requests (`node restart`, `node rebuild`) are never dropped: one that arrives while
 //! the worker is starting or exiting is kept and carried out next.
@@ -234,7 +236,9 @@ impl Keeper {
                     Wait::Backoff(NOT_YET_RETRY)
                 } else {
                     self.cluster.update(id, |s| s.restarts += 1);
-                    match (give_up, policy.on_exit(Instant::now())) {
+                    let killed =
+                        status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)) == Some(libc::SIGKILL);
+                    match (give_up, policy.on_exit(Instant::now(), !killed)) {
                         (None, Decision::Restart { after }) => {
                             warn!(
                                 node = id,

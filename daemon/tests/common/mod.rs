@@ -126,14 +126,17 @@ impl Chd {
         self.status()["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone()
     }
 
-    /// Kills node `id`'s worker each time it comes up, until chd marks the node `failed`
-    /// (within its crash limit).
+    /// Makes node `id` crash each time it is up until chd marks it failed (within its crash
+    /// limit). The crash is
+    /// SIGUSR1, which a worker does not handle: it dies of it as of a fault of its own (and
+    /// leaves no core file). A SIGKILL would not do: chd restarts killed workers without ever
+    /// giving up on them.
     pub fn crash_loop_until_failed(&self, id: u64) {
         let mut last = 0;
         while self.node(id)["state"] != "failed" {
             let n = self.node(id);
             if let Some(pid) = n["pid"].as_u64().filter(|&p| p != last && n["state"] == "up") {
-                signal(pid as u32, libc::SIGKILL);
+                signal(pid as u32, libc::SIGUSR1);
                 last = pid;
             }
             assert!(n["restarts"].as_u64().unwrap() <= 6, "never marked failed: {n}");
