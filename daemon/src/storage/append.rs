@@ -1512,19 +1512,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut e = open(dir.path());
         let mut model = BTreeMap::new();
+        let (mut rebuilds, mut built_at) = (0, 0);
+        // Rebuilt when due: no more than half of the index as it was last built may change
+        // before the next rebuild. (A rebuild is seen as the count starting over.)
+        let mut check = |e: &AppendLog, what: &str| {
+            if e.reshaped == 0 {
+                rebuilds += 1;
+                built_at = e.index.len();
+            }
+            assert!(e.reshaped < e.rebuild_at, "not rebuilt after {what}");
+            assert!(e.rebuild_at <= (built_at / 2).max(REBUILD_MIN), "{} for {built_at}", e.rebuild_at);
+        };
         // In order, as chd's keys arrive within a partition: the worst case for inserts.
         for i in 0..1000u32 {
             let (k, v) = (format!("key-{i:04}").into_bytes(), i.to_be_bytes().to_vec());
             e.put(&k, &v).unwrap();
             model.insert(k, v);
-            assert!(e.reshaped < (e.index.len() / 2).max(REBUILD_MIN), "not rebuilt after {i} inserts");
+            check(&e, &format!("{i} inserts"));
         }
         for i in (0..1000u32).step_by(3) {
             let k = format!("key-{i:04}").into_bytes();
             e.delete(&k).unwrap();
             model.remove(&k);
-            assert!(e.reshaped < (e.index.len() / 2).max(REBUILD_MIN), "not rebuilt after deletes");
+            check(&e, "deletes");
         }
+        // From 16 keys to 1000 by steps of at most a half, and back down by a third.
+        assert!(rebuilds >= 10, "{rebuilds} rebuilds");
         assert_eq!(state(&e), model);
         e.sync().unwrap();
         drop(e);
