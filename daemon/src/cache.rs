@@ -7,9 +7,10 @@
 //! as current:
 //! - a write puts its value in once W replicas acknowledged it;
 //! - a quorum read puts in what it returns, after read repair made it durable on W replicas;
-//! - a write whose outcome is unknown or refused (timeout, too few acks, disk full) removes the
-//!   entry *before* it sends anything, and puts nothing back. The next read then goes to the
-//!   replicas, and whatever it sees is repaired and becomes the current value.
+//! - a write whose outcome is unknown or refused (timeout, too few acks, disk full) forgets the
+//!   entry's value *before* it sends anything (a forgotten value is never returned), and puts
+//!   nothing back. The next read then goes to the replicas, and whatever it sees is repaired
+//!   and becomes the current value.
 //!
 //! Nothing else changes which value is current: repair, rebuild and migration only copy
 //! versions that already exist. A value that a failed write left on one replica, and that a

@@ -249,8 +249,8 @@ pub struct AppendLog {
     compacted: Vec<u32>,
     /// The compaction under way, if any (see [`AppendLog::maybe_compact`]).
     compaction: Option<Compaction>,
-    /// The buffer of the last compaction, kept for the next: a fresh segment's worth each time has to
-    /// be faulted in and zeroed anew, and fresh memory is slow on this kind of VM.
+    /// The buffer of the last compaction, kept for the next: a fresh segment's worth each time
+    /// has to be faulted in and zeroed anew, and fresh memory is slow on this kind of VM.
     spare: Vec<u8>,
     /// Left by `open` for the first sync: (segment, valid length) to truncate, and later
     /// segments to remove, all past the end of the log.
@@ -532,8 +532,8 @@ impl AppendLog {
     /// after loading 1M keys in order, the workers held 513 MiB, against 345 MiB once
     /// restarted with the same keys (an index built from sorted entries has full nodes), and
     /// every search crosses more nodes. The rebuild moves every entry once, about as much work
-    /// again as the inserts it follows, in a pause of the worker's batch: 50-170 ms for 380k
-    /// to 650k entries here, while loading. A store whose key set does not change never pays
+    /// again as the inserts it follows, in a pause of the worker's batch: 40-210 ms for 300k
+    /// to 730k entries here, while loading 1M keys. A store whose key set does not change never pays
     /// it. The random share keeps a node's replicas, which see the same keys come, from
     /// pausing at once: one paused replica of three does not hold up a write (W=2).
     fn maybe_rebuild_index(&mut self) {
