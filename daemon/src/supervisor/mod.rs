@@ -42,6 +42,7 @@ pub mod policy;
 pub mod spawn;
 
 use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,8 +237,7 @@ impl Keeper {
                     Wait::Backoff(NOT_YET_RETRY)
                 } else {
                     self.cluster.update(id, |s| s.restarts += 1);
-                    let killed =
-                        status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)) == Some(libc::SIGKILL);
+                    let killed = status.and_then(|s| s.signal()) == Some(libc::SIGKILL);
                     match (give_up, policy.on_exit(Instant::now(), !killed)) {
                         (None, Decision::Restart { after }) => {
                             warn!(
@@ -593,7 +593,6 @@ enum Wait {
 
 /// A worker's exit for a log line: "exit status 3", "killed by signal 9".
 pub fn describe_exit(status: Option<ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
     match status {
         None => "unknown".into(),
         Some(s) => match (s.code(), s.signal()) {
