@@ -175,14 +175,25 @@ impl Coordinator {
             return Ok(());
         }
         let mut calls: Vec<Call<_>> = Vec::new();
+        // Whether a call had to wait for room in its link's queue: such a call may not be
+        // queued yet when enough replicas have answered.
+        let mut waits = false;
         let timeout = put_timeout(req.len());
         for x in self.cluster.replicas(&placement.write_targets()) {
             if have.contains(&x.id) || !x.takes_writes() {
                 continue;
             }
             let Some(link) = x.link else { continue };
-            let req = req.clone();
-            calls.push(Box::pin(async move { (x.id, link.call_encoded(req, timeout).await) }));
+            let id = x.id;
+            match link.try_call_encoded(&req, timeout) {
+                Some(Ok(reply)) => calls.push(Box::pin(async move { (id, reply.await) })),
+                Some(Err(e)) => calls.push(Box::pin(async move { (id, Err(e)) })),
+                None => {
+                    waits = true;
+                    let req = req.clone();
+                    calls.push(Box::pin(async move { (id, link.call_encoded(req, timeout).await) }));
+                }
+            }
         }
         drop(req);
         let mut disk_full = None;
@@ -200,8 +211,10 @@ impl Coordinator {
         })
         .await;
         if weakest(&have) >= w {
-            // The other replicas still get the write; chd only stops waiting for them.
-            if !waiting.is_empty() {
+            // The other replicas still get the write; chd only stops waiting for them. A queued
+            // call needs nothing more (its reply is dropped); one still waiting for room in its
+            // link's queue is let finish.
+            if waits && !waiting.is_empty() {
                 tokio::spawn(async move {
                     for call in waiting {
                         let _ = call.await;
