@@ -142,7 +142,7 @@ impl Coordinator {
             answers.len() == need
         })
         .await;
-        // Dropping them cancels the calls still waiting (say, on a hung node).
+        // Dropped: chd stops waiting for them (say, on a hung node); their replies are thrown away.
         drop(waiting);
         if answers.len() < need {
             return Err(Error::Unavailable { needed: need as u32, got: answers.len() as u32 });
