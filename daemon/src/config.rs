@@ -80,6 +80,13 @@ pub struct ConfigArgs {
     /// [default: 256].
     #[arg(long, value_name = "MIB")]
     pub read_cache_mib: Option<u64>,
+    /// For tests only (hidden): the workers' log segment size in bytes, and the least number
+    /// of keys added or removed that rebuilds a worker's index (see
+    /// [`crate::storage::append::Shape`]). Not in the config file.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    #[arg(long, hide = true, value_name = "N")]
+    pub index_rebuild_min: Option<usize>,
 }
 
 /// The config file. Unknown keys are errors, so a typo is not silently ignored.
@@ -208,6 +215,8 @@ pub struct Settings {
     pub cache_mib: u64,
     /// chd's cache of current values, in MiB (0: off).
     pub read_cache_mib: u64,
+    /// The workers' log sizes (the defaults, unless a test set them).
+    pub log_shape: crate::storage::append::Shape,
 }
 
 impl Settings {
@@ -289,6 +298,19 @@ impl Settings {
         if cache_mib == 0 || cache_mib > 1 << 20 {
             bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
         }
+        let mut log_shape = crate::storage::append::Shape::default();
+        if let Some(bytes) = args.log_segment_bytes {
+            if !(4096..=1 << 30).contains(&bytes) {
+                bail!("log_segment_bytes: {bytes} is not between 4096 and 1073741824");
+            }
+            log_shape.segment_bytes = bytes;
+        }
+        if let Some(n) = args.index_rebuild_min {
+            if n == 0 {
+                bail!("index_rebuild_min: must be at least 1");
+            }
+            log_shape.rebuild_min = n;
+        }
         let read_cache_mib = args.read_cache_mib.or(file.read_cache_mib).unwrap_or(DEFAULT_READ_CACHE_MIB);
         if read_cache_mib > 1 << 20 {
             bail!("read_cache_mib: {read_cache_mib} is over 1048576 (MiB)");
@@ -335,6 +357,7 @@ impl Settings {
             tombstone_grace,
             cache_mib,
             read_cache_mib,
+            log_shape,
         })
     }
 
@@ -537,6 +560,21 @@ mod tests {
         assert!(err(|a| a.write_quorum = Some(0)).starts_with("write_quorum"));
         assert!(err(|a| a.socket_mode = Some("rw".into())).starts_with("socket_mode"));
         assert!(err(|a| a.cache_mib = Some(0)).starts_with("cache_mib"));
+        assert!(err(|a| a.log_segment_bytes = Some(100)).starts_with("log_segment_bytes"));
+        assert!(err(|a| a.index_rebuild_min = Some(0)).starts_with("index_rebuild_min"));
+    }
+
+    #[test]
+    fn the_log_has_its_production_sizes_unless_a_test_shrinks_them() {
+        use crate::storage::append::{Shape, REBUILD_MIN, SEGMENT_BYTES};
+        let s = Settings::resolve(&args(|_| {})).unwrap();
+        assert_eq!(s.log_shape, Shape { segment_bytes: SEGMENT_BYTES, rebuild_min: REBUILD_MIN });
+        let s = Settings::resolve(&args(|a| {
+            a.log_segment_bytes = Some(65536);
+            a.index_rebuild_min = Some(32);
+        }))
+        .unwrap();
+        assert_eq!(s.log_shape, Shape { segment_bytes: 65536, rebuild_min: 32 });
     }
 
     #[test]

@@ -188,6 +188,10 @@ impl Cluster {
             .arg(&self.data)
             .arg("--socket")
             .arg(&self.socket)
+            // Small log segments and frequent index rebuilds, so that cuts also land in
+            // compaction (copies, unlinks) and after rebuilds: with 18 keys the production
+            // sizes would never compact.
+            .args(["--log-segment-bytes", "65536", "--index-rebuild-min", "8"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -117,7 +117,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     let layout = file.layout();
     let registry = Registry { next_node_id: file.next_node_id, unborn: file.unborn.clone(), write_quorum };
     let cluster = Cluster::new(settings.clone(), data, layout.clone(), registry);
-    let spawner = Spawner::start(settings.cache_mib)?;
+    let spawner = Spawner::start(settings.cache_mib, settings.log_shape)?;
     for id in layout.members() {
         supervisor::start_node(&cluster, &spawner, id);
     }

@@ -23,7 +23,7 @@
 //! `pread` of the whole record (from the kernel's page cache when warm), or a copy from the
 //! buffer, and check its crc and key: a damaged record is an error, never a value.
 //!
-//! Recovery ([`AppendLog::open`]) reads the segments in order and applies their records; the
+//! Recovery ([`AppendLog::open_shaped`]) reads the segments in order and applies their records; the
 //! first record that is torn (short, zero, or failing its crc) ends the log, and nothing after
 //! it, in that segment or a later one, is applied. So the engine comes back holding a prefix
 //! of its puts and deletes, in order, including everything before the last returned `sync`
@@ -104,7 +104,24 @@ const MIN_COMPACT_SEGMENTS: u64 = 4;
 /// The index is built again with full nodes once keys added or removed since it was last built
 /// pass a quarter to a half of its entries, and at least this many (see
 /// [`AppendLog::maybe_rebuild_index`]).
-const REBUILD_MIN: usize = if cfg!(test) { 16 } else { 4096 };
+pub const REBUILD_MIN: usize = if cfg!(test) { 16 } else { 4096 };
+
+/// The log's sizes: [`SEGMENT_BYTES`] and [`REBUILD_MIN`] unless chd's hidden
+/// `--log-segment-bytes` and `--index-rebuild-min` say otherwise. Why they can: the suites
+/// that kill, cut the power under and fill the disk of whole processes (torture, power cuts)
+/// keep a few hundred keys, which with the production sizes never compact a segment or
+/// rebuild the index; they shrink both so that a short run does each many times, under faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub segment_bytes: u64,
+    pub rebuild_min: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape { segment_bytes: SEGMENT_BYTES, rebuild_min: REBUILD_MIN }
+    }
+}
 /// Entries a compaction's walk visits at least per step. Why: each step finds its place in
 /// the index again, a search from the root as costly as a lookup; one step per write was 5%
 /// of a worker's CPU under pipelined writes. A step of 1024 entries takes about 50 µs.
@@ -271,6 +288,8 @@ pub struct AppendLog {
     /// how many of them make it build the index again.
     reshaped: usize,
     rebuild_at: usize,
+    /// [`Shape::rebuild_min`].
+    rebuild_min: usize,
     /// Holds the directory's lock (`flock`) for as long as the engine lives.
     _lock: File,
 }
@@ -354,13 +373,13 @@ fn lock(path: &Path) -> io::Result<File> {
 }
 
 impl AppendLog {
-    /// Opens (or creates) the log in `<dir>/log`, rebuilding the index from its records.
-    /// `WouldBlock` if another process holds it.
-    pub fn open(dir: &Path) -> io::Result<AppendLog> {
-        AppendLog::open_with(dir, SEGMENT_BYTES)
+    /// Opens (or creates) the log in `<dir>/log`, rebuilding the index from its records, with
+    /// the sizes `shape` (the defaults but in tests). `WouldBlock` if another process holds it.
+    pub fn open_shaped(dir: &Path, shape: Shape) -> io::Result<AppendLog> {
+        AppendLog::open_with(dir, shape.segment_bytes, shape.rebuild_min)
     }
 
-    fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<AppendLog> {
+    fn open_with(dir: &Path, segment_bytes: u64, rebuild_min: usize) -> io::Result<AppendLog> {
         let dir = dir.join("log");
         // Also when `log/` exists: a worker killed between creating it and fsyncing its parent
         // left a name only the page cache holds, and every segment synced under it would go
@@ -380,7 +399,8 @@ impl AppendLog {
             segment_bytes,
             index: BTreeMap::new(),
             reshaped: 0,
-            rebuild_at: REBUILD_MIN,
+            rebuild_at: rebuild_min,
+            rebuild_min,
             segments: BTreeMap::new(),
             active: numbers.last().copied().unwrap_or(0) + 1,
             buf: Vec::new(),
@@ -556,7 +576,7 @@ impl AppendLog {
         let quarter = self.index.len() / 4;
         let random = std::collections::hash_map::RandomState::new().hash_one(self.index.len()) as usize;
         self.reshaped = 0;
-        self.rebuild_at = (quarter + random % (quarter + 1)).max(REBUILD_MIN);
+        self.rebuild_at = (quarter + random % (quarter + 1)).max(self.rebuild_min);
     }
 
     /// Appends a record to the buffer (starting a new segment first if the current one is
@@ -1022,7 +1042,7 @@ mod tests {
     fn open(dir: &Path) -> AppendLog {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match AppendLog::open_with(dir, SEG) {
+            match AppendLog::open_with(dir, SEG, REBUILD_MIN) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
@@ -1089,9 +1109,9 @@ mod tests {
     fn conforms_persists_and_locks() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut e = AppendLog::open(dir.path()).unwrap();
+            let mut e = AppendLog::open_shaped(dir.path(), Shape::default()).unwrap();
             crate::storage::tests::conformance(&mut e);
-            let busy = AppendLog::open(dir.path()).err().expect("a second open must fail");
+            let busy = AppendLog::open_shaped(dir.path(), Shape::default()).err().expect("a second open must fail");
             assert_eq!(busy.kind(), io::ErrorKind::WouldBlock, "{busy}");
         }
         let e = open(dir.path());

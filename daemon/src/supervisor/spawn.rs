@@ -25,6 +25,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use chd_data::NodeId;
 use tokio::sync::oneshot;
 
+use crate::storage::append::Shape;
 use crate::worker::{HEALTH_FD, WORKER_FD};
 
 pub struct Spawned {
@@ -52,13 +53,14 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the spawner thread. Every worker gets `cache_mib` MiB of database cache.
-    pub fn start(cache_mib: u64) -> io::Result<Spawner> {
+    /// Starts the spawner thread. Every worker gets `cache_mib` MiB of database cache, and
+    /// its log the sizes `shape`.
+    pub fn start(cache_mib: u64, shape: Shape) -> io::Result<Spawner> {
         let exe = std::env::current_exe()?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("spawner".into()).spawn(move || {
             for job in rx {
-                let _ = job.reply.send(spawn(&exe, job.id, &job.dir, job.partitions, cache_mib));
+                let _ = job.reply.send(spawn(&exe, job.id, &job.dir, job.partitions, cache_mib, shape));
             }
         })?;
         Ok(Spawner { jobs })
@@ -77,6 +79,7 @@ fn spawn(
     dir: &std::path::Path,
     partitions: u32,
     cache_mib: u64,
+    shape: Shape,
 ) -> io::Result<Spawned> {
     // The worker's database lives in `dir`; its name must be durable before the worker
     // acknowledges anything written there, or a power cut takes the whole node.
@@ -95,6 +98,10 @@ fn spawn(
         .arg(partitions.to_string())
         .arg("--cache-mib")
         .arg(cache_mib.to_string())
+        .arg("--log-segment-bytes")
+        .arg(shape.segment_bytes.to_string())
+        .arg("--index-rebuild-min")
+        .arg(shape.rebuild_min.to_string())
         .stdin(Stdio::null());
     // SAFETY: between fork and exec only async-signal-safe syscalls run here.
     unsafe {

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use chd_data::proto::{decode_body, encode_frame, frame_len, read_frame};
 use chd_data::NodeId;
 
-use crate::storage::append::AppendLog;
+use crate::storage::append::{AppendLog, Shape};
 use crate::storage::sled::SledEngine;
 use crate::storage::wal::Wal;
 use crate::storage::Engine;
@@ -98,6 +98,12 @@ pub struct WorkerArgs {
     /// The database's page cache, in MiB.
     #[arg(long, default_value_t = crate::config::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
+    /// The append log's segment size, and the least index change that rebuilds the index
+    /// (for tests: see [`Shape`]).
+    #[arg(long, hide = true, default_value_t = crate::storage::append::SEGMENT_BYTES)]
+    pub log_segment_bytes: u64,
+    #[arg(long, hide = true, default_value_t = crate::storage::append::REBUILD_MIN)]
+    pub index_rebuild_min: usize,
 }
 
 /// What went wrong, as far as chd's reaction is concerned.
@@ -186,7 +192,8 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("chd worker {id}: {what} {dir}: {meaning}: {e}");
         std::process::exit(f.exit_code());
     };
-    let engine = match panic_is_damage(|| open_engine(&args.dir, args.cache_mib << 20)) {
+    let shape = Shape { segment_bytes: args.log_segment_bytes, rebuild_min: args.index_rebuild_min };
+    let engine = match panic_is_damage(|| open_engine(&args.dir, args.cache_mib << 20, shape)) {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
@@ -237,7 +244,7 @@ fn panic_is_damage<T>(open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
 /// A database sled created (it has sled's log file `db`) stays on sled; every new one is an
 /// [`AppendLog`] (smaller on disk and cheaper per write; see its module doc). A node moves to
 /// the append log when it is rebuilt, which starts from an empty directory.
-fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<Box<dyn Engine>>> {
+fn open_engine(dir: &std::path::Path, cache_bytes: u64, shape: Shape) -> io::Result<Wal<Box<dyn Engine>>> {
     std::fs::create_dir_all(dir)?;
     let sled = dir.join("db").exists();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -245,7 +252,7 @@ fn open_engine(dir: &std::path::Path, cache_bytes: u64) -> io::Result<Wal<Box<dy
         let opened = if sled {
             SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>)
         } else {
-            AppendLog::open(dir).map(|e| Box::new(e) as Box<dyn Engine>)
+            AppendLog::open_shaped(dir, shape).map(|e| Box::new(e) as Box<dyn Engine>)
         };
         match opened {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
@@ -719,18 +726,21 @@ mod tests {
             e.put(b"k", b"from sled").unwrap();
             e.sync().unwrap();
         }
-        let e = open_engine(old.path(), 1 << 20).unwrap();
+        let e = open_engine(old.path(), 1 << 20, Shape::default()).unwrap();
         assert_eq!(e.get(b"k").unwrap(), Some(b"from sled".to_vec()));
         assert!(!old.path().join("log").exists(), "a sled database grew an append log");
 
         let new = tempfile::tempdir().unwrap();
         {
-            let mut e = open_engine(new.path(), 1 << 20).unwrap();
+            let mut e = open_engine(new.path(), 1 << 20, Shape::default()).unwrap();
             e.put(b"k", b"new").unwrap();
             e.sync().unwrap();
         }
         assert!(new.path().join("log").is_dir() && !new.path().join("db").exists());
-        assert_eq!(open_engine(new.path(), 1 << 20).unwrap().get(b"k").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(
+            open_engine(new.path(), 1 << 20, Shape::default()).unwrap().get(b"k").unwrap(),
+            Some(b"new".to_vec())
+        );
     }
 
     /// Free space as a test sets it.
@@ -1158,7 +1168,7 @@ mod enospc_tests {
 
     /// What a worker opens for a new database: the append log behind the write-ahead log.
     fn append_log(dir: &Path) -> Box<dyn Engine> {
-        Box::new(open_engine(dir, 32 << 20).unwrap())
+        Box::new(open_engine(dir, 32 << 20, Shape::default()).unwrap())
     }
 
     /// What happens when the space check is passed and the disk fills anyway (another process
