@@ -184,7 +184,7 @@ floor=""
 if [ -x "$chctl" ]; then
   floor=$("$chctl" --socket "$tmp/chd/chd.sock" --json bench --writes-only --seconds 2 2>/dev/null | tail -1 || true)
 fi
-json_num() { echo "$floor" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
+json_num() { echo "$floor" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2 || true; }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { # server, test, field (1 rps, 2 p50, 3 p99): the median over rounds
