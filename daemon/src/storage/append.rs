@@ -23,9 +23,9 @@
 //! `pread` of the whole record (from the kernel's page cache when warm), or a copy from the
 //! buffer, and check its crc and key: a damaged record is an error, never a value.
 //!
-//! Recovery ([`AppendLog::open_shaped`]) reads the segments in order and applies their records; the
-//! first record that is torn (short, zero, or failing its crc) ends the log, and nothing after
-//! it, in that segment or a later one, is applied. So the engine comes back holding a prefix
+//! Recovery ([`AppendLog::open_shaped`]) reads the segments in order and applies their
+//! records; the first record that is torn (short, zero, or failing its crc) ends the log, and
+//! nothing after it, in that segment or a later one, is applied. So the engine comes back holding a prefix
 //! of its puts and deletes, in order, including everything before the last returned `sync`
 //! (what the write-ahead log's replay and the node layer's counters rely on). A damaged byte
 //! *before* the last sync also ends the log there, silently: the write-ahead log then finds
@@ -122,6 +122,7 @@ impl Default for Shape {
         Shape { segment_bytes: SEGMENT_BYTES, rebuild_min: REBUILD_MIN }
     }
 }
+
 /// Entries a compaction's walk visits at least per step. Why: each step finds its place in
 /// the index again, a search from the root as costly as a lookup; one step per write was 5%
 /// of a worker's CPU under pipelined writes. A step of 1024 entries takes about 50 µs.
