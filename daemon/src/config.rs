@@ -80,11 +80,12 @@ pub struct ConfigArgs {
     /// [default: 256].
     #[arg(long, value_name = "MIB")]
     pub read_cache_mib: Option<u64>,
-    /// For tests only (hidden): the workers' log segment size in bytes, and the least number
-    /// of keys added or removed that rebuilds a worker's index (see
-    /// [`crate::storage::append::Shape`]). Not in the config file.
+    /// For tests only (hidden, not in the config file): the workers' log segment size in
+    /// bytes (see [`crate::storage::append::Shape`]).
     #[arg(long, hide = true, value_name = "BYTES")]
     pub log_segment_bytes: Option<u64>,
+    /// For tests only (hidden, not in the config file): the fewest keys added to or removed
+    /// from a worker's index that rebuild it.
     #[arg(long, hide = true, value_name = "N")]
     pub index_rebuild_min: Option<usize>,
 }

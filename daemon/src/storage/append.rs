@@ -377,10 +377,7 @@ impl AppendLog {
     /// Opens (or creates) the log in `<dir>/log`, rebuilding the index from its records, with
     /// the sizes `shape` (the defaults but in tests). `WouldBlock` if another process holds it.
     pub fn open_shaped(dir: &Path, shape: Shape) -> io::Result<AppendLog> {
-        AppendLog::open_with(dir, shape.segment_bytes, shape.rebuild_min)
-    }
-
-    fn open_with(dir: &Path, segment_bytes: u64, rebuild_min: usize) -> io::Result<AppendLog> {
+        let Shape { segment_bytes, rebuild_min } = shape;
         let dir = dir.join("log");
         // Also when `log/` exists: a worker killed between creating it and fsyncing its parent
         // left a name only the page cache holds, and every segment synced under it would go
@@ -1043,7 +1040,7 @@ mod tests {
     fn open(dir: &Path) -> AppendLog {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match AppendLog::open_with(dir, SEG, REBUILD_MIN) {
+            match AppendLog::open_shaped(dir, Shape { segment_bytes: SEG, rebuild_min: REBUILD_MIN }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }

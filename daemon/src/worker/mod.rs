@@ -98,10 +98,10 @@ pub struct WorkerArgs {
     /// The database's page cache, in MiB.
     #[arg(long, default_value_t = crate::config::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
-    /// The append log's segment size, and the least index change that rebuilds the index
-    /// (for tests: see [`Shape`]).
+    /// The append log's segment size (smaller only in tests: see [`Shape`]).
     #[arg(long, hide = true, default_value_t = crate::storage::append::SEGMENT_BYTES)]
     pub log_segment_bytes: u64,
+    /// The fewest keys added or removed that rebuild the index (smaller only in tests).
     #[arg(long, hide = true, default_value_t = crate::storage::append::REBUILD_MIN)]
     pub index_rebuild_min: usize,
 }

@@ -127,10 +127,9 @@ impl Chd {
     }
 
     /// Makes node `id` crash each time it is up until chd marks it failed (within its crash
-    /// limit). The crash is
-    /// SIGUSR1, which a worker does not handle: it dies of it as of a fault of its own (and
-    /// leaves no core file). A SIGKILL would not do: chd restarts killed workers without ever
-    /// giving up on them.
+    /// limit). The crash is SIGUSR1, which a worker does not handle: it dies of it as of a
+    /// fault of its own (and leaves no core file). A SIGKILL would not do: chd restarts killed
+    /// workers without ever giving up on them.
     pub fn crash_loop_until_failed(&self, id: u64) {
         let mut last = 0;
         while self.node(id)["state"] != "failed" {
