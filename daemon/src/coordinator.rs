@@ -99,11 +99,14 @@ impl Coordinator {
         let version = self.versions.next().await.map_err(|e| Error::Internal(format!("{e:#}")))?;
         let record = Record { version, value };
         let placement = self.cluster.placement_of(key);
-        let req = link::encode_put(key, &record);
+        let req = link::encode_put(key, &record, false);
+        // A second encoding, for spares, only of a small write: a large one is not worth a
+        // second copy in memory, and its sync is mostly its own bytes anyway.
+        let spare = (req.len() <= SPARE_MAX_BYTES).then(|| link::encode_put(key, &record, true));
         // A value the cache will not keep is dropped now, before the replicas answer: a
         // maximal write then holds one copy in chd (the encoded request), not two.
         let cached = self.cache.keeps(key, record.value.as_deref()).then_some(record.value);
-        self.make_durable(&placement, req, &[]).await?;
+        self.make_durable(&placement, req, spare, &[]).await?;
         if let Some(value) = cached {
             self.cache.put(key, value.as_deref());
         }
@@ -157,15 +160,22 @@ impl Coordinator {
             answers.iter().filter(|(_, r)| version_of(r) == newest.version).map(|(id, _)| *id).collect();
         // Read repair: the newest version must be durable on W nodes of every write set before
         // anyone sees it, or a later read could miss it.
-        self.make_durable(&placement, link::encode_put(key, &newest), &holders).await?;
+        self.make_durable(&placement, link::encode_put(key, &newest, false), None, &holders).await?;
         self.cache.put(key, newest.value.as_deref());
         Ok(newest.value)
     }
 
     /// Sends `req` (a put, encoded once by [`link::encode_put`] for every replica) to every
     /// write target not in `holders` at once, and returns as soon as W nodes of each write set
-    /// have it on disk (counting `holders`, which already do).
-    async fn make_durable(&self, placement: &Placement, req: Arc<[u8]>, holders: &[NodeId]) -> Result<(), Error> {
+    /// have it on disk (counting `holders`, which already do). `spare` is the same put marked
+    /// spare, sent instead to the targets [`spares`] names, if any.
+    async fn make_durable(
+        &self,
+        placement: &Placement,
+        req: Arc<[u8]>,
+        spare: Option<Arc<[u8]>>,
+        holders: &[NodeId],
+    ) -> Result<(), Error> {
         let w = self.cluster.write_quorum();
         let mut have: Vec<NodeId> = holders.to_vec();
         let weakest = |have: &[NodeId]| {
@@ -179,13 +189,22 @@ impl Coordinator {
         // queued yet when enough replicas have answered.
         let mut waits = false;
         let timeout = put_timeout(req.len());
-        for x in self.cluster.replicas(&placement.write_targets()) {
+        let targets = self.cluster.replicas(&placement.write_targets());
+        let spares = match spare {
+            Some(_) => spares(placement, holders, w, |id| targets.iter().any(|x| x.id == id && x.serves_reads())),
+            None => Vec::new(),
+        };
+        for x in targets {
             if have.contains(&x.id) || !x.takes_writes() {
                 continue;
             }
             let Some(link) = x.link else { continue };
             let id = x.id;
-            match link.try_call_encoded(&req, timeout) {
+            let req = match (&spare, spares.contains(&id)) {
+                (Some(spare), true) => spare,
+                _ => &req,
+            };
+            match link.try_call_encoded(req, timeout) {
                 Some(Ok(reply)) => calls.push(Box::pin(async move { (id, reply.await) })),
                 Some(Err(e)) => calls.push(Box::pin(async move { (id, Err(e)) })),
                 None => {
@@ -195,7 +214,7 @@ impl Coordinator {
                 }
             }
         }
-        drop(req);
+        drop((req, spare));
         let mut disk_full = None;
         let waiting = until_enough(calls, |(id, answer)| {
             match answer {
@@ -229,6 +248,24 @@ impl Coordinator {
             None => Err(Error::Unavailable { needed: w as u32, got: weakest(&have) as u32 }),
         }
     }
+}
+
+/// Largest encoded put that is also encoded as a spare (see [`spares`]).
+const SPARE_MAX_BYTES: usize = 64 << 10;
+
+/// The write targets of a put whose copy chd does not wait for: with one write set (no
+/// migration), no replica holding the write yet and every member of the set up, the last R-W
+/// members in ring order. Their workers may then hold their sync a moment for other writes to
+/// share it (see [`crate::worker::SPARE_WAIT`]): one flush fewer per write for the disk. In
+/// every other case none, so that a write never waits on a spare while a replica is known to
+/// be missing. A spare's answer still counts: it is only late, by [`crate::worker::SPARE_WAIT`]
+/// at most, when a replica fails to answer.
+fn spares(placement: &Placement, holders: &[NodeId], w: usize, up: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+    let [set] = &placement.write_sets[..] else { return Vec::new() };
+    if !holders.is_empty() || set.len() <= w || !set.iter().all(|&id| up(id)) {
+        return Vec::new();
+    }
+    set[w..].to_vec()
 }
 
 /// How long a replica may take to store a write of `bytes`: [`CALL_TIMEOUT`], plus time to
@@ -280,6 +317,25 @@ async fn get(link: &WorkerLink, key: Vec<u8>) -> Result<Option<Record>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spares_only_when_every_replica_is_up_and_one_ring_owns_the_key() {
+        let one = |set: Vec<NodeId>| Placement { read: set.clone(), write_sets: vec![set] };
+        let all_up = |_| true;
+        // R=3, W=2: the last owner in ring order is the spare.
+        assert_eq!(spares(&one(vec![4, 1, 3]), &[], 2, all_up), [3]);
+        // R=5, W=3: the last two.
+        assert_eq!(spares(&one(vec![0, 1, 2, 3, 4]), &[], 3, all_up), [3, 4]);
+        // R=W: every copy is waited for.
+        assert!(spares(&one(vec![0, 1, 2]), &[], 3, all_up).is_empty());
+        // One replica down, hung or catching up: chd waits for the others at once.
+        assert!(spares(&one(vec![0, 1, 2]), &[], 2, |id| id != 0).is_empty());
+        // Read repair: some replicas already hold the write.
+        assert!(spares(&one(vec![0, 1, 2]), &[1], 2, all_up).is_empty());
+        // Moving partition: W of each of two sets.
+        let moving = Placement { read: vec![0, 1, 2], write_sets: vec![vec![0, 1, 2], vec![0, 1, 3]] };
+        assert!(spares(&moving, &[], 2, all_up).is_empty());
+    }
 
     #[tokio::test]
     async fn until_enough_stops_once_answers_suffice_and_hands_back_the_calls_still_waiting() {

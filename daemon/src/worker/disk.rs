@@ -63,7 +63,7 @@ pub fn write_bytes(req: &WorkerRequest) -> Option<u64> {
     let record =
         |key: &[u8], r: &chd_data::Record| OVERHEAD + key.len() as u64 + r.value.as_ref().map_or(0, |v| v.len() as u64);
     match req {
-        WorkerRequest::Put { key, record: r } => Some(record(key, r)),
+        WorkerRequest::Put { key, record: r, .. } => Some(record(key, r)),
         WorkerRequest::PutMany { entries } => Some(entries.iter().map(|(k, r)| record(k, r)).sum()),
         WorkerRequest::SetIdentity { .. } => Some(2 * OVERHEAD),
         WorkerRequest::Get { .. }
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn only_requests_that_add_data_are_checked() {
         let rec = Record { version: 1, value: Some(vec![0; 1000]) };
-        let put = WorkerRequest::Put { key: b"k".to_vec(), record: rec.clone() };
+        let put = WorkerRequest::Put { key: b"k".to_vec(), record: rec.clone(), spare: false };
         let one = write_bytes(&put).unwrap();
         assert!(one > 1001);
         let many = WorkerRequest::PutMany { entries: vec![(b"k".to_vec(), rec.clone()); 3] };

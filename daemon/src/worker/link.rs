@@ -168,9 +168,9 @@ struct Shared {
     queued_kib: Arc<Semaphore>,
 }
 
-/// Encodes `WorkerRequest::Put { key, record }` once, to send it to several workers with
-/// [`WorkerLink::call_encoded`], without first copying the key and value into a request.
-pub fn encode_put(key: &[u8], record: &Record) -> Arc<[u8]> {
+/// Encodes `WorkerRequest::Put { key, record, spare }` once, to send it to several workers
+/// with [`WorkerLink::call_encoded`], without first copying the key and value into a request.
+pub fn encode_put(key: &[u8], record: &Record, spare: bool) -> Arc<[u8]> {
     /// Borrows what `WorkerRequest::Put` owns; encodes the same bytes (Put is variant 0).
     #[derive(serde::Serialize)]
     enum PutRef<'a> {
@@ -178,9 +178,10 @@ pub fn encode_put(key: &[u8], record: &Record) -> Arc<[u8]> {
             #[serde(with = "serde_bytes")]
             key: &'a [u8],
             record: &'a Record,
+            spare: bool,
         },
     }
-    postcard::to_allocvec(&PutRef::Put { key, record }).expect("postcard to Vec").into()
+    postcard::to_allocvec(&PutRef::Put { key, record, spare }).expect("postcard to Vec").into()
 }
 
 impl WorkerLink {
@@ -384,9 +385,11 @@ mod tests {
     #[test]
     fn a_borrowed_put_encodes_like_the_request() {
         for value in [Some(vec![1, 2, 3]), None, Some(vec![7; 100_000])] {
-            let record = Record { version: 42, value };
-            let owned = WorkerRequest::Put { key: b"key".to_vec(), record: record.clone() };
-            assert_eq!(&*encode_put(b"key", &record), &postcard::to_allocvec(&owned).unwrap()[..]);
+            for spare in [false, true] {
+                let record = Record { version: 42, value: value.clone() };
+                let owned = WorkerRequest::Put { key: b"key".to_vec(), record: record.clone(), spare };
+                assert_eq!(&*encode_put(b"key", &record, spare), &postcard::to_allocvec(&owned).unwrap()[..]);
+            }
         }
     }
 
@@ -440,14 +443,14 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Err(LinkError::Closed));
         assert!(link.is_closed());
         assert_eq!(link.call(WorkerRequest::Ping, Duration::from_secs(60)).await, Err(LinkError::Closed));
-        let put = encode_put(b"k", &Record { version: 1, value: None });
+        let put = encode_put(b"k", &Record { version: 1, value: None }, false);
         assert!(matches!(link.try_call_encoded(&put, Duration::from_secs(60)), Some(Err(LinkError::Closed))));
     }
 
     #[tokio::test]
     async fn a_queued_write_reaches_the_worker_after_its_reply_is_dropped_and_a_full_queue_is_waited_for() {
         let (link, mut worker, _health, _) = link();
-        let put = encode_put(b"k", &Record { version: 7, value: Some(b"v".to_vec()) });
+        let put = encode_put(b"k", &Record { version: 7, value: Some(b"v".to_vec()) }, false);
         drop(link.try_call_encoded(&put, Duration::from_secs(60)).expect("room").expect("open"));
         let req = next_request(&mut worker).await;
         assert!(matches!(req.msg, WorkerRequest::Put { ref key, .. } if key == b"k"));

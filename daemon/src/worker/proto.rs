@@ -33,6 +33,10 @@ pub enum WorkerRequest {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         record: Record,
+        /// chd is not waiting for this copy: the key's other replicas are up and get the write
+        /// too. The worker may then hold the sync up to [`super::SPARE_WAIT`] for other
+        /// requests to share it; the answer still comes only once the write is durable.
+        spare: bool,
     },
     Get {
         #[serde(with = "serde_bytes")]
@@ -129,10 +133,15 @@ pub enum WorkerResponse {
 }
 
 impl WorkerRequest {
+    /// A write chd does not wait for (see [`WorkerRequest::Put`]).
+    pub fn is_spare(&self) -> bool {
+        matches!(self, WorkerRequest::Put { spare: true, .. })
+    }
+
     /// Roughly the bytes this request occupies encoded: its keys and values.
     pub fn approx_bytes(&self) -> usize {
         match self {
-            WorkerRequest::Put { key, record } => key.len() + record.value.as_ref().map_or(0, Vec::len) + 16,
+            WorkerRequest::Put { key, record, .. } => key.len() + record.value.as_ref().map_or(0, Vec::len) + 16,
             WorkerRequest::PutMany { entries } => {
                 entries.iter().map(|(k, r)| k.len() + r.value.as_ref().map_or(0, Vec::len) + 16).sum()
             }
