@@ -5,7 +5,9 @@
 //! - the apply loop reads every request that has arrived on fd 3 (at most [`MAX_BATCH`] of
 //!   them and about [`MAX_BATCH_BYTES`]), applies them in order, makes the batch durable with
 //!   one `sync` (group commit: concurrent writes share one fdatasync), and only then sends the
-//!   replies. A reply to a write therefore always means "on disk". Reading, applying and
+//!   replies. A reply to a write therefore always means "on disk". A batch of spare writes
+//!   only (copies chd is not waiting for) may first wait up to [`SPARE_WAIT`] for other
+//!   requests to share its sync. Reading, applying and
 //!   replying on one thread saves a hand-off between threads per batch: 11% of a worker's CPU
 //!   per durable SET.
 //! - the health thread answers pings on fd 4 and touches nothing else.
