@@ -452,8 +452,11 @@ fn join_spares(
                 if left.is_zero() || !readable_within(input.get_ref(), left).map_err(link)? {
                     break;
                 }
-                if input.fill_buf().map_err(link)?.is_empty() {
-                    break;
+                match input.fill_buf() {
+                    Ok([]) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(link(e)),
                 }
             }
             _ => break,
