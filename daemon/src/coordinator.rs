@@ -5,7 +5,9 @@
 //!   the key's lock (a striped async mutex) from start to reply. So no read ever races an
 //!   in-flight write of the same key inside chd.
 //! - A write gets a fresh, larger version ([`crate::versions`]), goes to every running owner,
-//!   and is acknowledged once W of them have it on disk.
+//!   and is acknowledged once W of them have it on disk. With every owner up, the R-W copies
+//!   chd does not wait for are sent as spares ([`spares`]): their workers may sync them a
+//!   moment later, together with other writes. Their answers still mean "on disk".
 //! - A read asks the owners that serve reads (nodes that are up, not catching up or
 //!   rebuilding) and waits for R-W+1 answers: any such quorum includes at least one node of
 //!   every acknowledged write's W, so the newest version among the answers is at least the last
