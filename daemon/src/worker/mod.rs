@@ -174,6 +174,11 @@ impl Fatal {
     fn storage(what: &str, e: &io::Error) -> Fatal {
         Fatal { failure: classify(e), why: format!("{what}: {e}") }
     }
+
+    /// The socket to chd failed: not the database's fault.
+    fn link(e: io::Error) -> Fatal {
+        Fatal { failure: Failure::Io, why: format!("socket to chd: {e}") }
+    }
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -323,7 +328,7 @@ pub fn serve<E: Engine>(
     disk: Box<dyn FreeSpace>,
     reserve: u64,
 ) -> Result<(), Fatal> {
-    let link = |e: io::Error| Fatal { failure: Failure::Io, why: format!("socket to chd: {e}") };
+    let link = Fatal::link;
     let mut out = stream.try_clone().map_err(link)?;
     let mut worker = Worker { node, disk, reserve };
     let hello = WorkerHello {
@@ -437,7 +442,7 @@ fn join_spares(
     deadline: Instant,
 ) -> Result<(), Fatal> {
     use std::io::BufRead;
-    let link = |e: io::Error| Fatal { failure: Failure::Io, why: format!("socket to chd: {e}") };
+    let link = Fatal::link;
     while batch.len() < MAX_BATCH && batch.last().is_some_and(|f| f.msg.is_spare()) {
         match frame_len(input.buffer(), MAX_WORKER_FRAME) {
             Ok(Some(len)) if bytes + len <= max_bytes => {
