@@ -7,29 +7,9 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod cache;
-mod cluster;
-mod config;
-mod coordinator;
-mod datadir;
-mod frame;
-mod layout;
-mod logging;
-mod membership;
-mod metrics;
-mod quarantine;
-mod repair;
-mod resp;
-mod scan;
-mod server;
-mod storage;
-mod supervisor;
-mod tombstones;
-mod versions;
-mod worker;
-
+use chd_daemon::config::{self, ConfigArgs, Settings};
+use chd_daemon::{datadir, logging, server, worker};
 use clap::{Parser, Subcommand};
-use config::{ConfigArgs, Settings};
 
 #[derive(Parser)]
 #[command(name = "chd", version, about = "A crash-safe, replicated key-value daemon")]

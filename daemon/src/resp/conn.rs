@@ -119,7 +119,7 @@ async fn serve<R, W>(
     let mut parser = Parser::default();
     loop {
         parser.unauthenticated = session.needs_auth && !session.authed;
-        let args = match parser.next() {
+        let args = match parser.next_request() {
             Ok(Some(args)) => args,
             Ok(None) => {
                 let n = tokio::select! {

@@ -93,7 +93,7 @@ impl Parser {
 
     /// The next complete request, `Ok(None)` if more bytes are needed. Empty requests (an empty
     /// line, `*0`, `*-1`) are skipped, as Redis does.
-    pub fn next(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    pub fn next_request(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
         loop {
             if self.remaining == 0 {
                 let Some(&first) = self.buf.get(self.pos) else { return Ok(None) };
@@ -294,7 +294,7 @@ mod tests {
         let mut p = Parser::default();
         p.feed(bytes);
         let mut out = Vec::new();
-        while let Some(r) = p.next()? {
+        while let Some(r) = p.next_request()? {
             out.push(r);
         }
         Ok(out)
@@ -327,11 +327,11 @@ mod tests {
             let mut p = Parser::default();
             let mut got = Vec::new();
             p.feed(&stream[..cut]);
-            while let Some(r) = p.next().unwrap() {
+            while let Some(r) = p.next_request().unwrap() {
                 got.push(r);
             }
             p.feed(&stream[cut..]);
-            while let Some(r) = p.next().unwrap() {
+            while let Some(r) = p.next_request().unwrap() {
                 got.push(r);
             }
             assert_eq!(got, whole, "cut at {cut}");
@@ -341,7 +341,7 @@ mod tests {
         let mut got = Vec::new();
         for b in stream {
             p.feed(&[*b]);
-            while let Some(r) = p.next().unwrap() {
+            while let Some(r) = p.next_request().unwrap() {
                 got.push(r);
             }
         }
@@ -370,58 +370,58 @@ mod tests {
         let gib = format!("*1\r\n${}\r\n", 1u64 << 30);
         let mut p = Parser::default();
         p.feed(gib.as_bytes());
-        assert_eq!(p.next(), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(p.next_request(), Err(ProtocolError::InvalidBulkLength));
         assert!(p.buf.capacity() < 1 << 20, "capacity {}", p.buf.capacity());
         // The largest allowed bulk is accepted as a header; the buffer grows only as bytes come.
         let mut p = Parser::default();
         p.feed(format!("*1\r\n${MAX_BULK}\r\n").as_bytes());
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_request(), Ok(None));
         assert!(p.buffer().capacity() <= 2 << 20, "capacity {}", p.buf.capacity());
         // A declared count does not size anything: 1M arguments declared, one sent.
         let mut p = Parser::default();
         p.feed(format!("*{MAX_MULTIBULK}\r\n$1\r\na\r\n").as_bytes());
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_request(), Ok(None));
         assert!(p.args.capacity() <= 1024);
         // Total request size is bounded too: arguments already held count against it.
         let mut p = Parser::default();
         p.feed(b"*3\r\n$1\r\na\r\n");
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_request(), Ok(None));
         p.request_bytes = MAX_REQUEST - 10;
         p.feed(b"$11\r\n");
-        assert_eq!(p.next(), Err(ProtocolError::RequestTooLarge));
+        assert_eq!(p.next_request(), Err(ProtocolError::RequestTooLarge));
     }
 
     #[test]
     fn unauthenticated_requests_stay_small() {
         let mut p = Parser { unauthenticated: true, ..Parser::default() };
         p.feed(b"*11\r\n");
-        assert_eq!(p.next(), Err(ProtocolError::UnauthenticatedMultibulk));
+        assert_eq!(p.next_request(), Err(ProtocolError::UnauthenticatedMultibulk));
         let mut p = Parser { unauthenticated: true, ..Parser::default() };
         p.feed(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n");
-        assert_eq!(p.next().unwrap_err().to_string(), "Protocol error: unauthenticated bulk length");
+        assert_eq!(p.next_request().unwrap_err().to_string(), "Protocol error: unauthenticated bulk length");
         let mut p = Parser { unauthenticated: true, ..Parser::default() };
         p.feed(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
-        assert_eq!(p.next().unwrap().unwrap().len(), 2);
+        assert_eq!(p.next_request().unwrap().unwrap().len(), 2);
     }
 
     #[test]
     fn unterminated_lines_wait_then_fail_past_the_inline_limit() {
         let mut p = Parser::default();
         p.feed(b"*1\r\n$5\r\nab");
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_request(), Ok(None));
         let mut p = Parser::default();
         p.feed(&vec![b'a'; MAX_INLINE]);
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_request(), Ok(None));
         p.feed(b"aa");
-        assert_eq!(p.next(), Err(ProtocolError::TooBigInline));
+        assert_eq!(p.next_request(), Err(ProtocolError::TooBigInline));
         let mut p = Parser::default();
         p.feed(b"*1");
         p.feed(&vec![b'1'; MAX_INLINE + 1]);
-        assert_eq!(p.next(), Err(ProtocolError::TooBigMbulkCount));
+        assert_eq!(p.next_request(), Err(ProtocolError::TooBigMbulkCount));
         let mut p = Parser::default();
         p.feed(b"*1\r\n$");
         p.feed(&vec![b'1'; MAX_INLINE + 1]);
-        assert_eq!(p.next(), Err(ProtocolError::TooBigBulkCount));
+        assert_eq!(p.next_request(), Err(ProtocolError::TooBigBulkCount));
     }
 
     #[test]
