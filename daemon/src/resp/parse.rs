@@ -124,10 +124,11 @@ impl Parser {
                     Some(len) => len,
                     None => {
                         let Some(line) = self.line(ProtocolError::TooBigBulkCount)? else { return Ok(None) };
-                        if line[0] != b'$' {
-                            return Err(ProtocolError::ExpectedDollar(line[0]));
-                        }
-                        let len = parse_int(&line[1..]).ok_or(ProtocolError::InvalidBulkLength)?;
+                        // An empty line's first byte is its `\r`, as Redis reports it.
+                        let Some(digits) = line.strip_prefix(b"$") else {
+                            return Err(ProtocolError::ExpectedDollar(line.first().copied().unwrap_or(b'\r')));
+                        };
+                        let len = parse_int(digits).ok_or(ProtocolError::InvalidBulkLength)?;
                         if !(0..=MAX_BULK as i64).contains(&len) {
                             return Err(ProtocolError::InvalidBulkLength);
                         }
@@ -358,6 +359,12 @@ mod tests {
         assert_eq!(e(b"*1\r\n$-1\r\n"), "Protocol error: invalid bulk length");
         assert_eq!(e(b"*1\r\n$abc\r\n"), "Protocol error: invalid bulk length");
         assert_eq!(e(b"*1\r\n:1\r\n"), "Protocol error: expected '$', got ':'");
+        // Regression: an empty line where `$<len>` belongs indexed an empty slice and aborted
+        // chd (8 bytes on the RESP socket, before AUTH).
+        assert_eq!(parse_all(b"*1\r\n\r\n"), Err(ProtocolError::ExpectedDollar(b'\r')));
+        let mut reply = Vec::new();
+        super::super::reply::Reply::Error(format!("ERR {}", ProtocolError::ExpectedDollar(b'\r'))).encode(2, &mut reply);
+        assert_eq!(reply, b"-ERR Protocol error: expected '$', got ' '\r\n");
         // A nested array is not a request.
         assert_eq!(e(b"*1\r\n*1\r\n$1\r\na\r\n"), "Protocol error: expected '$', got '*'");
         assert_eq!(e(b"set \"a\n"), "Protocol error: unbalanced quotes in request");
