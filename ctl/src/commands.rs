@@ -178,8 +178,8 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                 outln!("node {id}: restart requested")?;
             }
         }
-        Command::Node(NodeCommand::Rebuild { id }) => {
-            expect_done(client.call(Request::NodeRebuild { id })?)?;
+        Command::Node(NodeCommand::Rebuild { id, engine }) => {
+            expect_done(client.call(Request::NodeRebuild { id, engine })?)?;
             let p = crate::progress::follow(&mut client, id)?;
             if json {
                 let mut o = crate::progress::summary_json(&p);
@@ -593,25 +593,38 @@ fn status_json(s: &StatusReport) -> serde_json::Value {
 fn print_status(s: &StatusReport) -> anyhow::Result<()> {
     outln!("chd {} (pid {}), up {}s", s.version, s.pid, s.uptime_ms / 1000)?;
     outln!("data dir {}  socket {}", s.data_dir, s.socket)?;
+    if let Some(resp) = &s.resp_socket {
+        outln!("RESP socket {resp}")?;
+    }
     outln!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum)?;
     if let Some(m) = s.migration.as_ref().filter(|m| !m.finished) {
         outln!("{}: {}/{} partitions moved, {} records", m.what, m.partitions_done, m.partitions_total, m.keys)?;
     }
     outln!()?;
-    outln!("{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  PROGRESS", "NODE", "STATE", "PID", "RESTARTS", "KEYS", "DISK")?;
+    outln!(
+        "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>7}  PROGRESS",
+        "NODE",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "KEYS",
+        "DISK",
+        "ENGINE"
+    )?;
     for n in &s.nodes {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let progress = n.progress.as_ref().map_or(String::new(), |p| {
             format!("{} {}/{} partitions, {} keys", p.what, p.partitions_done, p.partitions_total, p.keys)
         });
         outln!(
-            "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10}  {}",
+            "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>7}  {}",
             n.id,
             n.state.as_str(),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.restarts,
             opt(n.keys),
             n.bytes.map_or("-".into(), human_bytes),
+            n.engine.map_or("-", |e| e.as_str()),
             progress
         )?;
     }

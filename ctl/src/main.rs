@@ -208,6 +208,9 @@ pub enum NodeCommand {
     Rebuild {
         /// The node's id (see `chctl status`).
         id: u32,
+        /// The engine of the rebuilt database (append or sled); by default the node keeps its own.
+        #[arg(long, value_name = "ENGINE")]
+        engine: Option<chd_data::proto::EngineKind>,
     },
     /// Add nodes; the keys they take over move to them (shows progress).
     Add {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use chd_data::proto::{NodeProgress, NodeState};
+use chd_data::proto::{EngineKind, NodeProgress, NodeState};
 use chd_data::{NodeId, Ring};
 use tokio::sync::mpsc;
 
@@ -39,6 +39,8 @@ pub struct NodeSlot {
     pub heard: bool,
     /// Why the node is in its state, when that is not obvious (failed, waiting for disk space).
     pub note: Option<String>,
+    /// The engine of the node's database, as its last worker reported it.
+    pub engine: Option<EngineKind>,
 }
 
 /// The rule of [`Cluster::claim_set_aside`], without the cluster: `intact(n)` says whether

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use chd_data::proto::EngineKind;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = "/etc/chd/chd.toml";
@@ -72,8 +73,12 @@ pub struct ConfigArgs {
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
     pub tombstone_grace: Option<String>,
-    /// Page cache of each worker's sled database, in MiB (only databases sled created; newer
-    /// ones read through the kernel's page cache) [default: 32].
+    /// The storage engine of new node databases: append or sled. A database keeps the engine
+    /// it was created with; `chctl node rebuild ID --engine E` converts one [default: append].
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<EngineKind>,
+    /// Page cache of each worker's sled database, in MiB (the append log reads through the
+    /// kernel's page cache) [default: 32].
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
     /// chd's cache of the current values of recently used keys, in MiB; 0 turns it off
@@ -107,6 +112,7 @@ struct FileConfig {
     resp_socket: Option<String>,
     resp_listen: Option<String>,
     metrics_listen: Option<String>,
+    engine: Option<String>,
     cache_mib: Option<u64>,
     read_cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
@@ -212,7 +218,9 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// See [`crate::tombstones`].
     pub tombstone_grace: std::time::Duration,
-    /// Page cache of each worker's sled database, in MiB (databases sled created).
+    /// The engine of new node databases.
+    pub engine: EngineKind,
+    /// Page cache of each worker's sled database, in MiB.
     pub cache_mib: u64,
     /// chd's cache of current values, in MiB (0: off).
     pub read_cache_mib: u64,
@@ -295,6 +303,11 @@ impl Settings {
         };
         let grace = args.tombstone_grace.clone().or(file.tombstone_grace).unwrap_or_else(|| "10d".into());
         let tombstone_grace = chd_data::duration::parse(&grace).map_err(|e| anyhow::anyhow!("tombstone_grace: {e}"))?;
+        let engine = match (args.engine, &file.engine) {
+            (Some(e), _) => e,
+            (None, Some(name)) => name.parse().map_err(|e| anyhow::anyhow!("engine: {e}"))?,
+            (None, None) => EngineKind::default(),
+        };
         let cache_mib = args.cache_mib.or(file.cache_mib).unwrap_or(DEFAULT_CACHE_MIB);
         if cache_mib == 0 || cache_mib > 1 << 20 {
             bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
@@ -356,6 +369,7 @@ impl Settings {
             requirepass,
             metrics_listen,
             tombstone_grace,
+            engine,
             cache_mib,
             read_cache_mib,
             log_shape,
@@ -428,6 +442,7 @@ impl Settings {
             ("resp_listen", self.resp_listen != new.resp_listen),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
+            ("engine", self.engine != new.engine),
             ("cache_mib", self.cache_mib != new.cache_mib),
             ("read_cache_mib", self.read_cache_mib != new.read_cache_mib),
         ] {
@@ -473,6 +488,7 @@ impl Settings {
             None => s += "# metrics_listen: off\n",
         }
         s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
+        s += &format!("engine = \"{}\"\n", self.engine);
         s += &format!("cache_mib = {}\n", self.cache_mib);
         s += &format!("read_cache_mib = {}\n", self.read_cache_mib);
         if self.requirepass.is_some() {
@@ -592,11 +608,26 @@ mod tests {
         assert_eq!((s.nodes, s.replicas, s.write_quorum, s.socket_mode), (6, 2, 2, 0o660));
         assert_eq!(s.cache_mib, 32);
         assert_eq!(Settings::resolve(&args(|_| {})).unwrap().cache_mib, DEFAULT_CACHE_MIB);
+
         // The rendered settings read back as the same settings.
         std::fs::write(&f, s.render()).unwrap();
         let again = Settings::resolve(&ConfigArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
         assert_eq!(again.data_dir, s.data_dir);
         assert_eq!((again.nodes, again.replicas, again.write_quorum, again.cache_mib), (6, 2, 2, 32));
+
+        std::fs::write(&f, "engine = \"sled\"\n").unwrap();
+        let e = Settings::resolve(&args(|a| a.config = Some(f.clone()))).unwrap();
+        assert_eq!(e.engine, EngineKind::Sled);
+        assert!(e.render().contains("engine = \"sled\""));
+        let e = Settings::resolve(&args(|a| {
+            a.config = Some(f.clone());
+            a.engine = Some(EngineKind::Append);
+        }))
+        .unwrap();
+        assert_eq!(e.engine, EngineKind::Append);
+        std::fs::write(&f, "engine = \"lmdb\"\n").unwrap();
+        let err = Settings::resolve(&args(|a| a.config = Some(f.clone()))).unwrap_err().to_string();
+        assert!(err.starts_with("engine: unknown engine \"lmdb\""), "{err}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ fn node_rebuild_copies_every_range_back_and_keeps_the_old_data() {
     for i in (0..2000).step_by(37) {
         assert!(c.get(&format!("nb-{i}")).is_some());
     }
-    let r = c.call(Request::NodeRebuild { id: 99 }).unwrap();
+    let r = c.call(Request::NodeRebuild { id: 99, engine: None }).unwrap();
     assert_eq!(r, Err(chd_data::Error::NoSuchNode(99)));
 }
 

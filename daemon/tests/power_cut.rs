@@ -24,7 +24,8 @@
 //! `$CARGO_TARGET_TMPDIR/power_cut_history.jsonl`, and the whole history must pass the torture
 //! suite's linearizability checker. Failures print the seed and chd's log.
 //! Needs root (FUSE); skips with a message otherwise. `CHD_POWER_CUTS`, `CHD_POWER_CUT_SEED`
-//! and `CHD_POWER_CUT_MAX_VALUE` override the number of cuts, the seed and the largest value.
+//! and `CHD_POWER_CUT_MAX_VALUE` override the number of cuts, the seed and the largest value;
+//! `CHD_POWER_CUT_ENGINE` the storage engine of the nodes (`append`, the default, or `sled`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +83,11 @@ impl Counts {
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The nodes' storage engine, as chd's `--engine` takes it.
+fn engine() -> String {
+    std::env::var("CHD_POWER_CUT_ENGINE").unwrap_or_else(|_| "append".into())
 }
 
 /// xorshift64*: the test needs reproducible choices, not good randomness.
@@ -192,6 +198,7 @@ impl Cluster {
             // compaction (copies, unlinks) and after rebuilds: with 18 keys the production
             // sizes would never compact.
             .args(["--log-segment-bytes", "65536", "--index-rebuild-min", "8"])
+            .args(["--engine", &engine()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

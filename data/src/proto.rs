@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::ring::NodeId;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest key accepted.
 pub const MAX_KEY: usize = 64 * 1024;
@@ -71,6 +71,8 @@ pub enum Request {
     },
     NodeRebuild {
         id: NodeId,
+        /// The engine of the rebuilt database; `None` keeps the node's.
+        engine: Option<EngineKind>,
     },
     Repair,
     /// Progress of a rebuild or migration, polled by chctl to draw its progress bar.
@@ -378,6 +380,8 @@ pub struct StatusReport {
     pub nodes: Vec<NodeStatus>,
     /// A membership change in progress.
     pub migration: Option<NodeProgress>,
+    /// The Redis-protocol socket, if chd serves one.
+    pub resp_socket: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -392,6 +396,48 @@ pub struct NodeStatus {
     pub progress: Option<NodeProgress>,
     /// Why the node is in its state, when that needs saying (failed, waiting for disk space).
     pub note: Option<String>,
+    /// The engine of the node's database, once its worker has opened it.
+    pub engine: Option<EngineKind>,
+}
+
+/// The storage engine of a node's database. A database keeps the engine it was created
+/// with; the setting `engine` picks the engine of new ones, and a rebuild may change it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// chd's append-only log with an in-memory index.
+    #[default]
+    Append,
+    /// sled 0.34, behind a write-ahead log.
+    Sled,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Append, EngineKind::Sled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Append => "append",
+            EngineKind::Sled => "sled",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<EngineKind, String> {
+        EngineKind::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| format!("unknown engine {s:?}: one of append, sled"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

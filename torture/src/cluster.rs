@@ -24,6 +24,8 @@ pub struct Cluster {
     /// Where a tmpfs was mounted for this run (the data dir is inside it).
     pub tmpfs: Option<PathBuf>,
     pub nodes: u32,
+    /// chd's `--engine`: the engine of databases it creates.
+    pub engine: String,
     child: Option<Child>,
 }
 
@@ -71,7 +73,8 @@ impl Cluster {
         if socket.as_os_str().len() > 100 {
             socket = std::env::temp_dir().join(format!("chd-torture-{}.sock", std::process::id()));
         }
-        Ok(Cluster { chd, chctl, data, socket, log: out.join("chd.log"), tmpfs, nodes, child: None })
+        let engine = "append".to_string();
+        Ok(Cluster { chd, chctl, data, socket, log: out.join("chd.log"), tmpfs, nodes, engine, child: None })
     }
 
     /// Starts chd (again) and waits until its socket answers a status request.
@@ -85,6 +88,7 @@ impl Cluster {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--nodes", &self.nodes.to_string(), "--replicas", "3", "--write-quorum", "2"])
+            .args(["--engine", &self.engine])
             // Small log segments and index rebuilds at 32 keys added or removed: with the few
             // hundred keys of a run, the production sizes (16 MiB, 4096) never compact a
             // segment or rebuild an index, so those would go untested under faults.

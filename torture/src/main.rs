@@ -52,6 +52,9 @@ struct RunArgs {
     /// Nodes chd starts with.
     #[arg(long, default_value_t = 4)]
     nodes: u32,
+    /// The storage engine of chd's nodes (chd's `--engine`: append or sled).
+    #[arg(long, default_value = "append")]
+    engine: String,
     /// Fault kinds to use, comma-separated (kill-one, kill-all, stop-one, stop-chd, kill-chd,
     /// restart-chd, delete-dir, delete-dir-stopped, corrupt, disk-full, node-add, node-remove,
     /// node-replace) [default: all].
@@ -186,6 +189,7 @@ fn torture(a: RunArgs) -> anyhow::Result<ExitCode> {
         keys: a.keys,
         cold_keys: a.cold_keys,
         nodes: a.nodes,
+        engine: a.engine,
         faults,
         chd: a.chd.unwrap_or_else(|| run::sibling("chd")),
         chctl: a.chctl.unwrap_or_else(|| run::sibling("chctl")),

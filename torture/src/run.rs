@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub keys: usize,
     pub cold_keys: usize,
     pub nodes: u32,
+    /// chd's `--engine`.
+    pub engine: String,
     pub faults: Vec<FaultKind>,
     pub chd: PathBuf,
     pub chctl: PathBuf,
@@ -119,6 +121,7 @@ pub fn run(mut cfg: RunConfig) -> anyhow::Result<Summary> {
     };
     let clock = Clock::start();
     let mut cluster = Cluster::new(cfg.chd.clone(), cfg.chctl.clone(), &cfg.out, cfg.nodes, tmpfs)?;
+    cluster.engine.clone_from(&cfg.engine);
     cluster.start()?;
     anyhow::ensure!(cluster.wait_all_up(Duration::from_secs(60)), "chd's nodes did not come up at the start");
     let rec = Arc::new(Recorder::create(&cfg.out, clock)?);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use chd_data::proto::{
-    Change, NodeMetrics, NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatsReport, StatusReport,
+    Change, EngineKind, NodeMetrics, NodeState, NodeStatus, Request, Response, RingReport, RingShare, StatsReport,
+    StatusReport,
 };
 use chd_data::{Error, NodeId};
 use tokio::task::JoinSet;
@@ -25,7 +26,7 @@ pub async fn handle(server: &Server, request: Request) -> Result<Response, Error
         Request::Status => Ok(Response::Status(status(server).await)),
         Request::Ring => Ok(Response::Ring(ring(server))),
         Request::NodeRestart { id } => node_restart(server, id),
-        Request::NodeRebuild { id } => node_rebuild(server, id).await,
+        Request::NodeRebuild { id, engine } => node_rebuild(server, id, engine).await,
         Request::Repair => repair::repair_all(&server.cluster)
             .await
             .map(Response::Repair)
@@ -98,6 +99,7 @@ async fn status(server: &Server) -> StatusReport {
                 bytes: None,
                 progress: s.progress.clone().filter(|p| !p.finished),
                 note: s.note.clone(),
+                engine: s.engine,
             })
             .collect()
     };
@@ -129,6 +131,7 @@ async fn status(server: &Server) -> StatusReport {
         partitions: ring.partitions(),
         nodes,
         migration: cluster.migration.read().expect("migration lock").clone(),
+        resp_socket: cluster.settings.resp_socket.as_ref().map(|p| p.display().to_string()),
     }
 }
 
@@ -225,7 +228,7 @@ fn rebuild_allowed(id: NodeId, states: &[(NodeId, NodeState)]) -> Result<(), Str
     Ok(())
 }
 
-async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
+async fn node_rebuild(server: &Server, id: NodeId, engine: Option<EngineKind>) -> Result<Response, Error> {
     let cluster = &server.cluster;
     if cluster.state_of(id).is_none() {
         return Err(Error::NoSuchNode(id));
@@ -238,7 +241,7 @@ async fn node_rebuild(server: &Server, id: NodeId) -> Result<Response, Error> {
     // Answered once the node's data is set aside and its rebuild begins, or with the reason it
     // cannot be: a request chd accepts is carried out.
     let (reply, started) = tokio::sync::oneshot::channel();
-    if !cluster.send(id, Event::Rebuild(reply)) {
+    if !cluster.send(id, Event::Rebuild(reply, engine)) {
         return Err(Error::NoSuchNode(id));
     }
     match started.await {

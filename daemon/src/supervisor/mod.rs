@@ -47,7 +47,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chd_data::proto::NodeState;
+use chd_data::proto::{EngineKind, NodeState};
 use chd_data::NodeId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -95,8 +95,9 @@ pub enum Event {
     },
     /// `chctl node restart`: respawn now, forgetting earlier crashes.
     Restart,
-    /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas.
-    Rebuild(RebuildReply),
+    /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas,
+    /// into a database of the engine given (`None`: the node's own).
+    Rebuild(RebuildReply, Option<EngineKind>),
     /// A sync of this node finished (`ok`) for the worker of `generation`.
     Synced {
         generation: u64,
@@ -109,7 +110,7 @@ impl Event {
     /// Operator requests and shutdown: kept when they arrive at a moment they cannot be carried
     /// out, never dropped.
     fn is_request(&self) -> bool {
-        matches!(self, Event::Restart | Event::Rebuild(_) | Event::Shutdown(_))
+        matches!(self, Event::Restart | Event::Rebuild(..) | Event::Shutdown(_))
     }
 }
 
@@ -139,6 +140,7 @@ pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId) {
             intact: true,
             heard: false,
             note: None,
+            engine: None,
         },
     );
     let keeper = Keeper {
@@ -148,6 +150,7 @@ pub fn start_node(cluster: &Arc<Cluster>, spawner: &Spawner, id: NodeId) {
         events_tx: tx,
         events: rx,
         deferred: VecDeque::new(),
+        engine: cluster.settings.engine,
     };
     tokio::spawn(keeper.run());
 }
@@ -160,6 +163,9 @@ struct Keeper {
     events: mpsc::UnboundedReceiver<Event>,
     /// Requests that arrived while they could not be carried out, oldest first.
     deferred: VecDeque<Event>,
+    /// The engine of a database the next worker creates: the node's own once a worker
+    /// reported it, so that a rebuild keeps the node's engine unless asked otherwise.
+    engine: EngineKind,
 }
 
 impl Keeper {
@@ -187,7 +193,7 @@ impl Keeper {
             });
             let dir = self.cluster.data.node_dir(id);
             let partitions = self.cluster.ring().partitions();
-            let outcome = match self.spawner.spawn(id, dir, partitions).await {
+            let outcome = match self.spawner.spawn(id, dir, partitions, self.engine).await {
                 Ok(spawned) => self.watch(generation, spawned, respawn).await,
                 Err(e) => {
                     error!(node = id, error = %e, "cannot spawn worker");
@@ -289,11 +295,12 @@ impl Keeper {
                             policy.reset();
                             break;
                         }
-                        Some(Event::Rebuild(reply)) => {
+                        Some(Event::Rebuild(reply, engine)) => {
                             let r = self.set_aside("rebuild requested").map_err(|e| e.to_string());
                             let ok = r.is_ok();
                             let _ = reply.send(r);
                             if ok {
+                                self.engine = engine.unwrap_or(self.engine);
                                 policy.reset();
                                 break;
                             }
@@ -383,8 +390,10 @@ impl Keeper {
             Some(SyncMode::CatchUp) => NodeState::CatchingUp,
             Some(SyncMode::Rebuild) => NodeState::Rebuilding,
         };
-        info!(node = id, pid, state = state.as_str(), keys = hello.live_keys, "worker ready");
+        info!(node = id, pid, state = state.as_str(), keys = hello.live_keys, engine = %hello.engine, "worker ready");
+        self.engine = hello.engine;
         self.cluster.update(id, |s| {
+            s.engine = Some(hello.engine);
             s.state = state;
             s.link = Some(link.clone());
             s.progress = None;
@@ -476,7 +485,7 @@ impl Keeper {
                     self.wait_exit(generation).await;
                     break Outcome::RestartNow;
                 }
-                Some(Event::Rebuild(reply)) => {
+                Some(Event::Rebuild(reply, engine)) => {
                     if let Err(why) = self.cluster.claim_set_aside(id) {
                         let _ = reply.send(Err(why.to_string()));
                         continue;
@@ -485,7 +494,11 @@ impl Keeper {
                     let _ = link.call(WorkerRequest::Shutdown, STOP_TIMEOUT).await;
                     kill(&process);
                     self.wait_exit(generation).await;
-                    let _ = reply.send(self.set_aside("rebuild requested").map_err(|e| e.to_string()));
+                    let set_aside = self.set_aside("rebuild requested").map_err(|e| e.to_string());
+                    if set_aside.is_ok() {
+                        self.engine = engine.unwrap_or(self.engine);
+                    }
+                    let _ = reply.send(set_aside);
                     break Outcome::RebuildNow;
                 }
                 Some(Event::Shutdown(done)) => {

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 
+use chd_data::proto::EngineKind;
 use chd_data::NodeId;
 use tokio::sync::oneshot;
 
@@ -44,6 +45,7 @@ struct Job {
     id: NodeId,
     dir: PathBuf,
     partitions: u32,
+    engine: EngineKind,
     reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
@@ -60,27 +62,25 @@ impl Spawner {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("spawner".into()).spawn(move || {
             for job in rx {
-                let _ = job.reply.send(spawn(&exe, job.id, &job.dir, job.partitions, cache_mib, shape));
+                let spawned = spawn(&exe, &job, cache_mib, shape);
+                let _ = job.reply.send(spawned);
             }
         })?;
         Ok(Spawner { jobs })
     }
 
-    pub async fn spawn(&self, id: NodeId, dir: PathBuf, partitions: u32) -> io::Result<Spawned> {
+    /// Starts node `id`'s worker on `dir`; a database created there gets `engine`.
+    pub async fn spawn(&self, id: NodeId, dir: PathBuf, partitions: u32, engine: EngineKind) -> io::Result<Spawned> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job { id, dir, partitions, reply }).map_err(|_| io::Error::other("spawner thread is gone"))?;
+        self.jobs
+            .send(Job { id, dir, partitions, engine, reply })
+            .map_err(|_| io::Error::other("spawner thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
     }
 }
 
-fn spawn(
-    exe: &std::path::Path,
-    id: NodeId,
-    dir: &std::path::Path,
-    partitions: u32,
-    cache_mib: u64,
-    shape: Shape,
-) -> io::Result<Spawned> {
+fn spawn(exe: &std::path::Path, job: &Job, cache_mib: u64, shape: Shape) -> io::Result<Spawned> {
+    let (id, dir, partitions) = (job.id, job.dir.as_path(), job.partitions);
     // The worker's database lives in `dir`; its name must be durable before the worker
     // acknowledges anything written there, or a power cut takes the whole node.
     crate::datadir::create_dir_durable(dir)?;
@@ -96,6 +96,8 @@ fn spawn(
         .arg(dir)
         .arg("--partitions")
         .arg(partitions.to_string())
+        .arg("--engine")
+        .arg(job.engine.as_str())
         .arg("--cache-mib")
         .arg(cache_mib.to_string())
         .arg("--log-segment-bytes")

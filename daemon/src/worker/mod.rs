@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chd_data::proto::{decode_body, encode_frame, frame_len, read_frame};
+use chd_data::proto::{decode_body, encode_frame, frame_len, read_frame, EngineKind};
 use chd_data::NodeId;
 
 use crate::storage::append::{AppendLog, Shape};
@@ -108,6 +108,9 @@ pub struct WorkerArgs {
     /// The database's page cache, in MiB.
     #[arg(long, default_value_t = crate::config::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
+    /// The engine of the database if it is new; an existing one keeps its own.
+    #[arg(long, default_value = "append")]
+    pub engine: EngineKind,
     /// The append log's segment size (smaller only in tests: see [`Shape`]).
     #[arg(long, hide = true, default_value_t = crate::storage::append::SEGMENT_BYTES)]
     pub log_segment_bytes: u64,
@@ -208,7 +211,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         std::process::exit(f.exit_code());
     };
     let shape = Shape { segment_bytes: args.log_segment_bytes, rebuild_min: args.index_rebuild_min };
-    let engine = match panic_is_damage(|| open_engine(&args.dir, args.cache_mib << 20, shape)) {
+    let (kind, engine) = match panic_is_damage(|| open_engine(&args.dir, args.cache_mib << 20, shape, args.engine)) {
         Ok(e) => e,
         Err(e) => exit(classify(&e), "cannot open database", &e),
     };
@@ -217,7 +220,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Err(e) => exit(classify(&e), "cannot read database", &e),
     };
     let disk = Box::new(disk::Statvfs(args.dir.clone()));
-    if let Err(fatal) = serve(node, stream, health, disk, args.disk_reserve) {
+    if let Err(fatal) = serve(node, kind, stream, health, disk, args.disk_reserve) {
         exit(fatal.failure, "stopping; database", &fatal.why);
     }
     Ok(())
@@ -256,12 +259,18 @@ fn panic_is_damage<T>(open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
 /// releasing its lock, and the write-ahead log in front of it (which replays what the last
 /// worker logged since its last checkpoint).
 ///
-/// A database sled created (it has sled's log file `db`) stays on sled; every new one is an
-/// [`AppendLog`] (smaller on disk and cheaper per write; see its module doc). A node moves to
-/// the append log when it is rebuilt, which starts from an empty directory.
-fn open_engine(dir: &std::path::Path, cache_bytes: u64, shape: Shape) -> io::Result<Wal<Box<dyn Engine>>> {
+/// A database keeps the engine it was created with (sled's has its log file `db`, the append
+/// log's its directory `log`); a new one, in an empty directory, gets `new`. A node changes
+/// engine when it is rebuilt, which starts from an empty directory.
+fn open_engine(
+    dir: &std::path::Path,
+    cache_bytes: u64,
+    shape: Shape,
+    new: EngineKind,
+) -> io::Result<(EngineKind, Wal<Box<dyn Engine>>)> {
     std::fs::create_dir_all(dir)?;
-    let sled = dir.join("db").exists();
+    let kind = engine_of(dir).unwrap_or(new);
+    let sled = kind == EngineKind::Sled;
     let deadline = Instant::now() + Duration::from_secs(10);
     let engine: Box<dyn Engine> = loop {
         let opened = if sled {
@@ -276,7 +285,18 @@ fn open_engine(dir: &std::path::Path, cache_bytes: u64, shape: Shape) -> io::Res
             other => break other?,
         }
     };
-    Wal::open(engine, dir)
+    Ok((kind, Wal::open(engine, dir)?))
+}
+
+/// The engine of the database in `dir`, `None` if there is none yet.
+fn engine_of(dir: &std::path::Path) -> Option<EngineKind> {
+    if dir.join("db").exists() {
+        Some(EngineKind::Sled)
+    } else if dir.join("log").exists() {
+        Some(EngineKind::Append)
+    } else {
+        None
+    }
 }
 
 /// The apply loop's progress, read by the health thread to answer pings.
@@ -323,6 +343,7 @@ impl Progress {
 /// exits with its status at once).
 pub fn serve<E: Engine>(
     node: Node<E>,
+    engine: EngineKind,
     stream: UnixStream,
     health: UnixStream,
     disk: Box<dyn FreeSpace>,
@@ -337,6 +358,7 @@ pub fn serve<E: Engine>(
         rebuild_pending: worker.node.rebuild_pending().map_err(|e| Fatal::storage("reading the node state", &e))?,
         max_version: worker.node.max_version(),
         live_keys: worker.node.live_keys(),
+        engine,
     };
     proto_write(&mut out, &[Frame { id: 0, msg: WorkerResponse::Hello(hello) }]).map_err(link)?;
 
@@ -792,32 +814,24 @@ mod tests {
         assert_eq!(classify(&e), Failure::BadDatabase, "{e}");
     }
 
-    /// A database sled created keeps working on sled after an upgrade; a new one is an append
-    /// log. Each is recognized by its files, never converted behind the user's back.
+    /// A database keeps the engine it was created with, whatever the setting for new ones
+    /// says; a new database gets the engine asked for. Each is recognized by its files.
     #[test]
-    fn a_sled_database_stays_on_sled_and_a_new_one_is_an_append_log() {
-        let old = tempfile::tempdir().unwrap();
-        {
-            // As chd before the append log wrote it: sled behind the write-ahead log.
-            let mut e = Wal::open(SledEngine::open_with_cache(old.path(), 1 << 20).unwrap(), old.path()).unwrap();
-            e.put(b"k", b"from sled").unwrap();
-            e.sync().unwrap();
+    fn a_database_keeps_its_engine_and_a_new_one_gets_the_one_asked_for() {
+        for (first, then) in [(EngineKind::Sled, EngineKind::Append), (EngineKind::Append, EngineKind::Sled)] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (kind, mut e) = open_engine(dir.path(), 1 << 20, Shape::default(), first).unwrap();
+                assert_eq!(kind, first);
+                e.put(b"k", first.as_str().as_bytes()).unwrap();
+                e.sync().unwrap();
+            }
+            let (kind, e) = open_engine(dir.path(), 1 << 20, Shape::default(), then).unwrap();
+            assert_eq!(kind, first, "a {first} database was opened as {kind}");
+            assert_eq!(e.get(b"k").unwrap(), Some(first.as_str().as_bytes().to_vec()));
+            let (sled_files, append_files) = (dir.path().join("db").exists(), dir.path().join("log").exists());
+            assert_eq!((sled_files, append_files), (first == EngineKind::Sled, first == EngineKind::Append));
         }
-        let e = open_engine(old.path(), 1 << 20, Shape::default()).unwrap();
-        assert_eq!(e.get(b"k").unwrap(), Some(b"from sled".to_vec()));
-        assert!(!old.path().join("log").exists(), "a sled database grew an append log");
-
-        let new = tempfile::tempdir().unwrap();
-        {
-            let mut e = open_engine(new.path(), 1 << 20, Shape::default()).unwrap();
-            e.put(b"k", b"new").unwrap();
-            e.sync().unwrap();
-        }
-        assert!(new.path().join("log").is_dir() && !new.path().join("db").exists());
-        assert_eq!(
-            open_engine(new.path(), 1 << 20, Shape::default()).unwrap().get(b"k").unwrap(),
-            Some(b"new".to_vec())
-        );
     }
 
     /// Free space as a test sets it.
@@ -1125,7 +1139,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let node = Node::open(engine, dir.path(), 4).unwrap();
             let disk = Box::new(FakeDisk(Arc::new(AtomicU64::new(1 << 30))));
-            let worker = std::thread::spawn(move || serve(node, theirs, health_theirs, disk, RESERVE));
+            let worker =
+                std::thread::spawn(move || serve(node, EngineKind::Append, theirs, health_theirs, disk, RESERVE));
             let mut chd = Chd { stream: ours, health, worker, _dir: dir };
             assert!(matches!(chd.recv(), Frame { id: 0, msg: WorkerResponse::Hello(_) }));
             chd
@@ -1286,7 +1301,8 @@ mod enospc_tests {
             let node = Node::open(append_log(dir.path()), dir.path(), 4).unwrap();
             let (mut ours, theirs) = UnixStream::pair().unwrap();
             let (_health, health_theirs) = UnixStream::pair().unwrap();
-            let worker = std::thread::spawn(move || serve(node, theirs, health_theirs, Box::new(Plenty), 0));
+            let worker =
+                std::thread::spawn(move || serve(node, EngineKind::Append, theirs, health_theirs, Box::new(Plenty), 0));
             read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("hello");
             let mut buf = Vec::new();
             let record = Record { version: 1, value: Some(b"v".to_vec()) };
@@ -1308,7 +1324,7 @@ mod enospc_tests {
 
     /// What a worker opens for a new database: the append log behind the write-ahead log.
     fn append_log(dir: &Path) -> Box<dyn Engine> {
-        Box::new(open_engine(dir, 32 << 20, Shape::default()).unwrap())
+        Box::new(open_engine(dir, 32 << 20, Shape::default(), EngineKind::Append).unwrap().1)
     }
 
     /// What happens when the space check is passed and the disk fills anyway (another process
@@ -1327,7 +1343,7 @@ mod enospc_tests {
         let (done_tx, done) = std::sync::mpsc::channel();
         let mut stopped = None;
         std::thread::spawn(move || {
-            let _ = done_tx.send(serve(node, theirs, health_theirs, Box::new(Plenty), 0));
+            let _ = done_tx.send(serve(node, EngineKind::Append, theirs, health_theirs, Box::new(Plenty), 0));
         });
         read_frame(&mut ours, MAX_WORKER_FRAME).unwrap().expect("hello");
         let mut acked = Vec::new();

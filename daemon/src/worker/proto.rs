@@ -1,6 +1,7 @@
 //! Messages between chd and one worker over their socketpair: the same framing as the client
 //! protocol ([`chd_data::proto`]), with chd's internal requests.
 
+use chd_data::proto::EngineKind;
 use chd_data::{NodeId, Record};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,8 @@ pub struct WorkerHello {
     pub rebuild_pending: bool,
     pub max_version: u64,
     pub live_keys: u64,
+    /// The engine of the database it opened.
+    pub engine: EngineKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
