@@ -4,18 +4,56 @@
 //! talk to. Locks here are held for a few field copies, never across an await.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::ExitStatus;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use chd_data::proto::{EngineKind, NodeProgress, NodeState};
 use chd_data::{NodeId, Ring};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
 use crate::datadir::{ClusterFile, DataDir};
 use crate::layout::{Layout, Placement};
-use crate::supervisor::Event;
 use crate::worker::link::WorkerLink;
+
+/// What a node's supervisor task ([`crate::supervisor`]) is told: by the worker's watchers,
+/// by operator requests, and at shutdown.
+/// The answer to an operator's rebuild request: started, or refused with the reason.
+pub type RebuildReply = oneshot::Sender<Result<(), String>>;
+
+pub enum Event {
+    Exited {
+        generation: u64,
+        status: Option<ExitStatus>,
+    },
+    Hung {
+        generation: u64,
+    },
+    /// The worker's socket closed (it exited, or its link broke).
+    LinkLost {
+        generation: u64,
+    },
+    /// `chctl node restart`: respawn now, forgetting earlier crashes.
+    Restart,
+    /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas,
+    /// into a database of the engine given (`None`: the node's own).
+    Rebuild(RebuildReply, Option<EngineKind>),
+    /// A sync of this node finished (`ok`) for the worker of `generation`.
+    Synced {
+        generation: u64,
+        ok: bool,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Event {
+    /// Operator requests and shutdown: kept when they arrive at a moment they cannot be carried
+    /// out, never dropped.
+    pub fn is_request(&self) -> bool {
+        matches!(self, Event::Restart | Event::Rebuild(..) | Event::Shutdown(_))
+    }
+}
 
 pub struct NodeSlot {
     pub state: NodeState,

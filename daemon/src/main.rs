@@ -8,7 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use chd_daemon::config::{self, ConfigArgs, Settings};
-use chd_daemon::{datadir, logging, server, worker};
+use chd_daemon::{datadir, lifecycle, logging, worker};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -95,5 +95,5 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     // it gave (measured: 25% less CPU per durable SET in chd). Nothing in chd blocks a task for
     // long: workers are spawned from their own thread and all node I/O is in the workers.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(server::run(settings, server::Reload { args: args.clone(), set_log_level }))
+    runtime.block_on(lifecycle::run(settings, lifecycle::Reload { args: args.clone(), set_log_level }))
 }

@@ -206,7 +206,7 @@ pub struct Api {
 }
 
 impl Api {
-    fn new(name: &'static str, commands: impl Iterator<Item = &'static str>) -> Api {
+    pub fn new(name: &'static str, commands: impl Iterator<Item = &'static str>) -> Api {
         let commands = commands
             .map(|c| {
                 (c, Command { outcomes: [const { AtomicU64::new(0) }; OUTCOMES.len()], latency: Histogram::new() })
@@ -261,11 +261,22 @@ impl Api {
 
 /// Requests on chd's own socket, by [`chd_index`].
 pub static CHD: LazyLock<Api> = LazyLock::new(|| Api::new("chd", CHD_COMMANDS.into_iter()));
-/// Requests on the RESP endpoint, by index in [`crate::resp::cmd::COMMANDS`]; one past the end
-/// is `other`.
-pub static RESP: LazyLock<Api> = LazyLock::new(|| {
-    Api::new("resp", crate::resp::cmd::COMMANDS.iter().map(|s| s.name).chain(std::iter::once("other")))
-});
+/// The APIs whose requests `chctl stats` and `/metrics` show, in order. Each front end
+/// registers its own at start: it owns its command names, and this module imports none.
+static APIS: std::sync::RwLock<Vec<&'static Api>> = std::sync::RwLock::new(Vec::new());
+
+/// Adds `api` to those reported (once, however often it is registered).
+pub fn register(api: &'static Api) {
+    let mut apis = APIS.write().expect("apis lock");
+    if !apis.iter().any(|a| std::ptr::eq(*a, api)) {
+        apis.push(api);
+    }
+}
+
+/// The registered APIs, in the order they were registered.
+pub fn apis() -> Vec<&'static Api> {
+    APIS.read().expect("apis lock").clone()
+}
 /// Repairs of every partition finished (`chctl repair` and the one after each start).
 pub static REPAIRS: AtomicU64 = AtomicU64::new(0);
 /// Keys those repairs copied.

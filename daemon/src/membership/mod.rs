@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::cluster::Cluster;
+use crate::cluster::Event;
 use crate::repair;
-use crate::supervisor::{self, spawn::Spawner, Event};
+use crate::supervisor::{self, spawn::Spawner};
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
 /// Partitions switched per persisted step.
@@ -325,7 +326,7 @@ async fn confirm(cluster: &Arc<Cluster>, id: NodeId, before: &Ring, after: &Ring
         copies.push((members, parts));
     }
     if attempt == 0 {
-        crate::server::pause_point("retire-confirm").await;
+        crate::hooks::pause_point("retire-confirm").await;
     }
     // Copying whatever the leaving node has that the new owners lack is the confirmation:
     // afterwards they hold every record it held.
@@ -390,7 +391,7 @@ pub async fn drop_unowned(cluster: &Arc<Cluster>) {
         }
     }
     if !drops.is_empty() {
-        crate::server::pause_point("drop-decided").await;
+        crate::hooks::pause_point("drop-decided").await;
     }
     // Every node drops at once, each with a few partitions in flight: the worker applies those
     // in one batch under one sync instead of one sync per partition (one at a time, node after

@@ -17,7 +17,7 @@ use super::parse::parse_int;
 use super::reply::{format_double, Reply};
 use super::{glob, stats};
 use crate::scan;
-use crate::server::Server;
+use crate::service::Server;
 
 /// The Redis version whose behaviour chd follows, reported where clients look for one.
 pub const REDIS_VERSION: &str = "7.0.0";

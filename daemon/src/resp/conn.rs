@@ -20,8 +20,8 @@ use super::parse::{parse_int, Parser};
 use super::reply::Reply;
 use super::{stats, ConnInfo};
 use crate::metrics;
-use crate::server::auth::{self, Peer};
-use crate::server::Server;
+use crate::net::auth::{self, Peer};
+use crate::service::Server;
 
 /// Requests of one connection read but not yet answered (run or waiting to be written).
 pub const MAX_IN_FLIGHT: usize = 128;
@@ -129,7 +129,7 @@ async fn serve<R, W>(
                 match n {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        metrics::RESP.bytes_in(n);
+                        super::METRICS.bytes_in(n);
                         continue;
                     }
                 }
@@ -152,7 +152,7 @@ async fn serve<R, W>(
         let permits = vec![byte_permit, slot_permit];
         let proto = session.proto;
         let ready = |reply: Reply, close: bool, permits| {
-            metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
+            super::METRICS.record(index, outcome(&reply), arrived.elapsed());
             Item { slot: Slot::Ready(encode(&reply, proto)), close, _permits: permits }
         };
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
@@ -182,7 +182,7 @@ async fn serve<R, W>(
         let item = match spec.kind {
             Kind::Conn => {
                 let (reply, close) = session_command(&server, &mut session, spec.name, &args);
-                metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
+                super::METRICS.record(index, outcome(&reply), arrived.elapsed());
                 // HELLO answers in the protocol it switches to.
                 Item { slot: Slot::Ready(encode(&reply, session.proto)), close, _permits: permits }
             }
@@ -217,7 +217,7 @@ async fn serve<R, W>(
                 tokio::spawn(async move {
                     let reply = cmd::key_command(&server, spec, args).await;
                     drop(guards);
-                    metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
+                    super::METRICS.record(index, outcome(&reply), arrived.elapsed());
                     let _ = done.send(encode(&reply, proto));
                 });
                 Item { slot: Slot::Running(running), close: false, _permits: permits }
@@ -231,7 +231,7 @@ async fn serve<R, W>(
                 let ctx = ConnInfo { id, may_stop: session.may_stop };
                 tokio::spawn(async move {
                     let reply = cmd::keyspace_command(&server, spec, args, &ctx).await;
-                    metrics::RESP.record(index, outcome(&reply), arrived.elapsed());
+                    super::METRICS.record(index, outcome(&reply), arrived.elapsed());
                     let _ = done.send(encode(&reply, proto));
                 });
                 Item { slot: Slot::Running(running), close: false, _permits: permits }
@@ -305,7 +305,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Ite
         if wr.write_all(&buf).await.is_err() {
             return;
         }
-        metrics::RESP.bytes_out(buf.len());
+        super::METRICS.bytes_out(buf.len());
         buf.clear();
         written.clear();
         if close {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::cmd::{self, REDIS_VERSION};
 use super::reply::Reply;
 use super::{stats, ConnInfo};
-use crate::server::Server;
+use crate::service::Server;
 
 const DEFAULT: &[&str] = &["server", "clients", "persistence", "stats", "keyspace", "chd"];
 

@@ -28,16 +28,22 @@ mod info;
 pub mod parse;
 pub mod reply;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 
-use crate::server::{accept, Server};
+use crate::metrics::Api;
+use crate::net::accept;
+use crate::service::Server;
 
 /// Clients served at once on the RESP endpoint (Redis's default maxclients is 10000; chd keeps
 /// the same bound as its main socket).
 const MAX_CONNECTIONS: usize = 1024;
+
+/// Requests on the RESP endpoint, by index in [`cmd::COMMANDS`]; one past the end is `other`.
+pub static METRICS: LazyLock<Api> =
+    LazyLock::new(|| Api::new("resp", cmd::COMMANDS.iter().map(|s| s.name).chain(std::iter::once("other"))));
 
 /// What a command may know about its connection.
 #[derive(Clone, Debug)]

@@ -21,11 +21,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
-use super::auth::{self, Peer};
 use super::handlers;
-use super::Server;
 use crate::frame::{read_body, read_frame, read_len};
 use crate::metrics;
+use crate::net::auth::{self, Peer};
+use crate::service::Server;
 
 const MAX_IN_FLIGHT: usize = 128;
 /// Bounds the memory one client can pin by pipelining large values.

@@ -10,11 +10,11 @@ use chd_data::proto::{
 use chd_data::{Error, NodeId};
 use tokio::task::JoinSet;
 
-use super::Server;
+use crate::cluster::Event;
 use crate::membership;
 use crate::metrics;
 use crate::repair;
-use crate::supervisor::Event;
+use crate::service::Server;
 use crate::worker::proto::{WorkerRequest, WorkerResponse};
 
 pub async fn handle(server: &Server, request: Request) -> Result<Response, Error> {
@@ -160,7 +160,7 @@ pub async fn stats(server: &Server) -> StatsReport {
         }
     }
     let (mut requests, mut apis) = (Vec::new(), Vec::new());
-    for api in [&*metrics::CHD, &*metrics::RESP] {
+    for api in metrics::apis() {
         let (a, r) = api.report();
         apis.push(a);
         requests.extend(r);

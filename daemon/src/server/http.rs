@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::Server;
+use crate::service::Server;
 
 /// Largest request head read; a longer one is answered 431 and closed.
 const MAX_HEAD: usize = 8 * 1024;
@@ -61,7 +61,7 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
 
 /// Serves the endpoint until `stop`.
 pub fn serve(server: Arc<Server>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    super::accept::spawn("metrics", listener, MAX_CONNECTIONS, stop, move |stream, _| {
+    crate::net::accept::spawn("metrics", listener, MAX_CONNECTIONS, stop, move |stream, _| {
         let server = server.clone();
         async move {
             if let Err(e) = answer(&server, stream).await {

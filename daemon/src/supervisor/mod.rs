@@ -52,7 +52,7 @@ use chd_data::NodeId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, NodeSlot, Refusal};
+use crate::cluster::{Cluster, Event, NodeSlot, Refusal};
 use crate::repair::{self, SyncMode};
 use crate::worker::link::{LinkError, WorkerLink};
 use crate::worker::proto::{WorkerHello, WorkerRequest, WorkerResponse};
@@ -77,42 +77,6 @@ const DISK_SPACE_TO_RESTART: u64 = 32 << 20;
 /// How soon a worker whose database failed its checks is started again when chd could not
 /// yet tell whether setting it aside is safe ([`Refusal::NotYet`]).
 const NOT_YET_RETRY: Duration = Duration::from_millis(250);
-
-/// The answer to an operator's rebuild request: started, or refused with the reason.
-pub type RebuildReply = oneshot::Sender<Result<(), String>>;
-
-pub enum Event {
-    Exited {
-        generation: u64,
-        status: Option<ExitStatus>,
-    },
-    Hung {
-        generation: u64,
-    },
-    /// The worker's socket closed (it exited, or its link broke).
-    LinkLost {
-        generation: u64,
-    },
-    /// `chctl node restart`: respawn now, forgetting earlier crashes.
-    Restart,
-    /// `chctl node rebuild`: set the database aside and rebuild the node from its replicas,
-    /// into a database of the engine given (`None`: the node's own).
-    Rebuild(RebuildReply, Option<EngineKind>),
-    /// A sync of this node finished (`ok`) for the worker of `generation`.
-    Synced {
-        generation: u64,
-        ok: bool,
-    },
-    Shutdown(oneshot::Sender<()>),
-}
-
-impl Event {
-    /// Operator requests and shutdown: kept when they arrive at a moment they cannot be carried
-    /// out, never dropped.
-    fn is_request(&self) -> bool {
-        matches!(self, Event::Restart | Event::Rebuild(..) | Event::Shutdown(_))
-    }
-}
 
 enum Outcome {
     Exited(Option<ExitStatus>),
