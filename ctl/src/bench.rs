@@ -107,7 +107,7 @@ impl Phase {
 /// Runs the benchmark; with `json`, prints one object at the end instead of lines as it goes.
 pub fn run(socket: &Path, args: BenchArgs, json: bool) -> anyhow::Result<()> {
     check(&args).map_err(|why| exit::fail(exit::USAGE, why))?;
-    let mut c = crate::commands::connect(socket)?;
+    let mut c = crate::connect::connect(socket)?;
     let Response::Status(status) = c.call(Request::Status)? else { bail!("unexpected answer") };
     // Every connection for the clients: chd counts this one too.
     drop(c);
@@ -197,7 +197,7 @@ fn clean_up(socket: &Path, prefix: &str, written: &[u64]) -> anyhow::Result<u64>
     if written.iter().all(|&n| n == 0) {
         return Ok(0);
     }
-    let mut c = crate::commands::connect(socket)?;
+    let mut c = crate::connect::connect(socket)?;
     let keys = written.iter().enumerate().flat_map(|(t, &n)| (0..n).map(move |i| key(prefix, t, i)));
     let mut deleted = 0u64;
     let mut in_flight = 0;
@@ -240,7 +240,7 @@ fn phase(
             std::thread::spawn(move || -> (Vec<Duration>, u64, Option<anyhow::Error>) {
                 let mut lat = Vec::new();
                 let mut max = 0;
-                let mut c = match crate::commands::connect(&socket) {
+                let mut c = match crate::connect::connect(&socket) {
                     Ok(c) => c,
                     Err(e) => return (lat, max, Some(e)),
                 };

@@ -10,9 +10,11 @@ use chd_data::proto::{
     StatusReport, MAX_KEY, MAX_VALUE,
 };
 
+use crate::connect::connect;
 use crate::exit;
+use crate::human::{human_age, human_bytes};
 use crate::{Command, NodeCommand, PlanKind, QuarantineCommand};
-use chd_client::{CallError, Client};
+use chd_client::Client;
 
 pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCode> {
     match command {
@@ -419,17 +421,6 @@ fn health(nodes: &[(u32, NodeState)]) -> Result<String, String> {
     }
 }
 
-/// Connects; any failure short of chd's own answer means chd cannot be reached.
-pub fn connect(socket: &Path) -> anyhow::Result<Client> {
-    Client::connect(socket).map_err(|e| {
-        if e.chain().any(|c| c.is::<CallError>()) {
-            e
-        } else {
-            exit::fail(exit::UNREACHABLE, format!("{e:#}"))
-        }
-    })
-}
-
 fn change(client: &mut Client, request: Request, json: bool) -> anyhow::Result<()> {
     let Response::Changing { what, added } = client.call(request)? else { bail!("unexpected answer") };
     if !added.is_empty() && !json {
@@ -657,30 +648,6 @@ fn print_quarantine(r: &QuarantineReport, purge: bool) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn human_age(secs: u64) -> String {
-    match secs {
-        0..120 => format!("{secs}s"),
-        120..7200 => format!("{}m", secs / 60),
-        7200..172800 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 mod out;
 mod bench;
 mod commands;
+mod connect;
 mod dump;
 mod exit;
 mod gen;
+mod human;
 mod progress;
 
 use std::io::Write;

@@ -111,7 +111,7 @@ pub fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
         "{label}: {} partitions, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
         p.partitions_total,
         p.keys,
-        crate::commands::human_bytes(p.bytes),
+        crate::human::human_bytes(p.bytes),
         p.keys as f64 / secs,
         p.bytes as f64 / secs / 1e6
     )?;
