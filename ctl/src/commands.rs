@@ -587,19 +587,30 @@ fn print_status(s: &StatusReport) -> anyhow::Result<()> {
     if let Some(resp) = &s.resp_socket {
         outln!("RESP socket {resp}")?;
     }
+    match s.memory_budget {
+        0 => outln!("memory {} resident (no max_memory)", human_bytes(s.memory_used))?,
+        budget => outln!(
+            "memory {} of max_memory {} ({}%){}",
+            human_bytes(s.memory_used),
+            human_bytes(budget),
+            s.memory_used.saturating_mul(100) / budget,
+            if s.memory_used >= budget { ": new keys are refused" } else { "" }
+        )?,
+    }
     outln!("{} partitions, {} replicas, writes acknowledged by {}", s.partitions, s.replicas, s.write_quorum)?;
     if let Some(m) = s.migration.as_ref().filter(|m| !m.finished) {
         outln!("{}: {}/{} partitions moved, {} records", m.what, m.partitions_done, m.partitions_total, m.keys)?;
     }
     outln!()?;
     outln!(
-        "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>7}  PROGRESS",
+        "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>10} {:>7}  PROGRESS",
         "NODE",
         "STATE",
         "PID",
         "RESTARTS",
         "KEYS",
         "DISK",
+        "MEMORY",
         "ENGINE"
     )?;
     for n in &s.nodes {
@@ -608,13 +619,14 @@ fn print_status(s: &StatusReport) -> anyhow::Result<()> {
             format!("{} {}/{} partitions, {} keys", p.what, p.partitions_done, p.partitions_total, p.keys)
         });
         outln!(
-            "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>7}  {}",
+            "{:>5} {:>12} {:>8} {:>9} {:>10} {:>10} {:>10} {:>7}  {}",
             n.id,
             n.state.as_str(),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.restarts,
             opt(n.keys),
             n.bytes.map_or("-".into(), human_bytes),
+            n.memory.map_or("-".into(), human_bytes),
             n.engine.map_or("-", |e| e.as_str()),
             progress
         )?;

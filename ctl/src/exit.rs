@@ -64,6 +64,9 @@ pub fn code_of_chd(e: &Error) -> u8 {
         | Error::PermissionDenied { .. }
         | Error::NoSuchNode(_) => REFUSED,
         Error::Unavailable { .. } | Error::DiskFull(_) | Error::Internal(_) => UNAVAILABLE,
+        // Past max_memory: retrying will not create the key until keys are deleted or the
+        // budget is raised.
+        Error::OutOfMemory { .. } => REFUSED,
         // chd's Refused carries only text; the refusals that pass with time say so ("wait",
         // "in progress", "shutting down", nodes that "did not come up").
         Error::Refused(why) => {
@@ -117,6 +120,7 @@ mod tests {
             (Error::Refused("a ring needs at least R nodes".into()), REFUSED),
             (Error::Unavailable { needed: 2, got: 1 }, UNAVAILABLE),
             (Error::DiskFull("node 1".into()), UNAVAILABLE),
+            (Error::OutOfMemory { used: 2 << 30, budget: 1 << 30 }, REFUSED),
             (Error::Refused("another change is in progress (add); wait for it to finish".into()), UNAVAILABLE),
             (
                 Error::Refused(

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::datadir::{ClusterFile, DataDir};
 use crate::layout::{Layout, Placement};
+use crate::memory::Memory;
 use crate::worker::link::WorkerLink;
 
 /// What a node's supervisor task ([`crate::supervisor`]) is told: by the worker's watchers,
@@ -160,10 +161,13 @@ pub struct Cluster {
     pub started: Instant,
     /// Progress of the current (or last) membership change.
     pub migration: RwLock<Option<NodeProgress>>,
+    /// What chd and its workers hold, against `max_memory`.
+    pub memory: Memory,
 }
 
 impl Cluster {
     pub fn new(settings: Settings, data: DataDir, layout: Layout, registry: Registry) -> Arc<Cluster> {
+        let budget = settings.max_memory;
         Arc::new(Cluster {
             settings,
             data,
@@ -172,6 +176,7 @@ impl Cluster {
             nodes: RwLock::default(),
             started: Instant::now(),
             migration: RwLock::default(),
+            memory: Memory::new(budget),
         })
     }
 

@@ -73,6 +73,10 @@ pub struct ConfigArgs {
     /// (Cassandra's gc_grace_seconds); purged only once every replica holds it [default: 10d].
     #[arg(long, value_name = "D")]
     pub tombstone_grace: Option<String>,
+    /// Memory chd and its workers may hold before new keys are refused, like 512MiB or 4GiB; 0
+    /// for no limit [default: half the machine's memory].
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
     /// The storage engine of new node databases: append or sled. A database keeps the engine
     /// it was created with; `chctl node rebuild ID --engine E` converts one [default: append].
     #[arg(long, value_name = "ENGINE")]
@@ -113,6 +117,7 @@ struct FileConfig {
     resp_listen: Option<String>,
     metrics_listen: Option<String>,
     engine: Option<String>,
+    max_memory: Option<String>,
     cache_mib: Option<u64>,
     read_cache_mib: Option<u64>,
     /// Allows `resp_listen` on an address other than loopback.
@@ -220,6 +225,8 @@ pub struct Settings {
     pub tombstone_grace: std::time::Duration,
     /// The engine of new node databases.
     pub engine: EngineKind,
+    /// See [`crate::memory`]; bytes, 0 for no budget.
+    pub max_memory: u64,
     /// Page cache of each worker's sled database, in MiB.
     pub cache_mib: u64,
     /// chd's cache of current values, in MiB (0: off).
@@ -308,6 +315,16 @@ impl Settings {
             (None, Some(name)) => name.parse().map_err(|e| anyhow::anyhow!("engine: {e}"))?,
             (None, None) => EngineKind::default(),
         };
+        let max_memory = match args.max_memory.as_ref().or(file.max_memory.as_ref()) {
+            Some(text) => crate::memory::parse_size(text).map_err(|e| anyhow::anyhow!("max_memory: {e}"))?,
+            None => crate::memory::default_budget(),
+        };
+        if max_memory != 0 && max_memory < crate::memory::MIN_BUDGET {
+            bail!(
+                "max_memory: {} is below the smallest budget, 64MiB (0 turns it off)",
+                crate::memory::render_size(max_memory)
+            );
+        }
         let cache_mib = args.cache_mib.or(file.cache_mib).unwrap_or(DEFAULT_CACHE_MIB);
         if cache_mib == 0 || cache_mib > 1 << 20 {
             bail!("cache_mib: {cache_mib} is not between 1 and 1048576 (MiB)");
@@ -370,6 +387,7 @@ impl Settings {
             metrics_listen,
             tombstone_grace,
             engine,
+            max_memory,
             cache_mib,
             read_cache_mib,
             log_shape,
@@ -443,6 +461,7 @@ impl Settings {
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("tombstone_grace", self.tombstone_grace != new.tombstone_grace),
             ("engine", self.engine != new.engine),
+            ("max_memory", self.max_memory != new.max_memory),
             ("cache_mib", self.cache_mib != new.cache_mib),
             ("read_cache_mib", self.read_cache_mib != new.read_cache_mib),
         ] {
@@ -489,6 +508,7 @@ impl Settings {
         }
         s += &format!("tombstone_grace = \"{}\"\n", chd_data::duration::render(self.tombstone_grace));
         s += &format!("engine = \"{}\"\n", self.engine);
+        s += &format!("max_memory = \"{}\"\n", crate::memory::render_size(self.max_memory));
         s += &format!("cache_mib = {}\n", self.cache_mib);
         s += &format!("read_cache_mib = {}\n", self.read_cache_mib);
         if self.requirepass.is_some() {

@@ -95,6 +95,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// Stores `value` (or a tombstone for `None`). Caller holds the key's lock.
     pub async fn write(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), Error> {
+        // Past the memory budget only a key that exists may be written: an overwrite or a
+        // delete adds no index entry. The read is paid only while the budget is exceeded.
+        if value.is_some() && self.cluster.memory.is_full() && self.read(key).await?.is_none() {
+            let memory = &self.cluster.memory;
+            return Err(Error::OutOfMemory { used: memory.used(), budget: memory.budget() });
+        }
         // Forgotten before anything is sent: if this write fails half-way, its outcome is
         // unknown and only the replicas can tell what is current.
         self.cache.remove(key);

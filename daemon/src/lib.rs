@@ -12,6 +12,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod logging;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod quarantine;

@@ -154,6 +154,7 @@ pub async fn run(mut settings: Settings, reload: Reload) -> anyhow::Result<()> {
     notify_status(&format!("serving; {up} nodes up"));
     start_watchdog(server.clone());
 
+    start_memory_sampler(server.cluster.clone());
     crate::metrics::register(&crate::metrics::CHD);
     crate::metrics::register(&resp::METRICS);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -271,6 +272,23 @@ async fn wait_for_nodes(cluster: &Cluster) {
 
 fn notify_status(s: &str) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(s)]);
+}
+
+/// Measures what chd and its workers hold resident, several times a second, for the memory
+/// budget ([`crate::memory`]) and `chctl status`.
+fn start_memory_sampler(cluster: Arc<Cluster>) {
+    tokio::spawn(async move {
+        loop {
+            let pids: Vec<(u32, u32)> = {
+                let nodes = cluster.nodes.read().expect("nodes lock");
+                nodes.iter().filter_map(|(&id, s)| s.pid.map(|p| (id, p))).collect()
+            };
+            let workers = pids.into_iter().filter_map(|(id, pid)| Some((id, crate::memory::resident(pid)?))).collect();
+            let own = crate::memory::resident(std::process::id()).unwrap_or(0);
+            cluster.memory.record(own, workers);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// Pings systemd's watchdog while chd's runtime and its node table stay responsive; a chd that

@@ -130,7 +130,7 @@ pub fn outcome_of(e: &Error) -> usize {
     match e {
         Error::Unavailable { .. } => 2,
         Error::DiskFull(_) => 3,
-        Error::Refused(_) | Error::NoSuchNode(_) => 4,
+        Error::Refused(_) | Error::NoSuchNode(_) | Error::OutOfMemory { .. } => 4,
         Error::KeyTooLarge { .. }
         | Error::ValueTooLarge { .. }
         | Error::EmptyKey

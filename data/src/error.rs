@@ -35,4 +35,10 @@ pub enum Error {
     /// A node's disk has too little free space for the write; nothing was written there.
     #[error("disk full: {0}; writes are refused until space is freed, reads still work")]
     DiskFull(String),
+    /// chd and its workers hold more memory than `max_memory`: a write that would create a
+    /// key is refused; overwrites, deletes and reads go on.
+    #[error(
+        "out of memory: chd and its workers hold {used} bytes, over max_memory ({budget} bytes); new keys are refused, overwrites and deletes still work"
+    )]
+    OutOfMemory { used: u64, budget: u64 },
 }

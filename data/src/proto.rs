@@ -382,6 +382,9 @@ pub struct StatusReport {
     pub migration: Option<NodeProgress>,
     /// The Redis-protocol socket, if chd serves one.
     pub resp_socket: Option<String>,
+    /// Bytes chd and its workers hold resident, and the budget (`max_memory`; 0: none).
+    pub memory_used: u64,
+    pub memory_budget: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -398,6 +401,8 @@ pub struct NodeStatus {
     pub note: Option<String>,
     /// The engine of the node's database, once its worker has opened it.
     pub engine: Option<EngineKind>,
+    /// Bytes its worker holds resident.
+    pub memory: Option<u64>,
 }
 
 /// The storage engine of a node's database. A database keeps the engine it was created

@@ -416,7 +416,11 @@ async fn write(server: &Server, key: &[u8], value: Option<Vec<u8>>) -> Result<()
             return Err(Reply::err(TOO_BIG));
         }
     }
-    server.coordinator.write(key, value).await.map_err(Reply::err)
+    server.coordinator.write(key, value).await.map_err(|e| match e {
+        // Redis's text past `maxmemory`, which clients recognise.
+        Error::OutOfMemory { .. } => Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".into()),
+        e => Reply::err(e),
+    })
 }
 
 /// Reads keys concurrently; answers in the order given.

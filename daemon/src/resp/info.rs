@@ -8,7 +8,7 @@ use super::reply::Reply;
 use super::{stats, ConnInfo};
 use crate::service::Server;
 
-const DEFAULT: &[&str] = &["server", "clients", "persistence", "stats", "keyspace", "chd"];
+const DEFAULT: &[&str] = &["server", "clients", "memory", "persistence", "stats", "keyspace", "chd"];
 
 pub async fn info(server: &Arc<Server>, args: &[Vec<u8>], _ctx: &ConnInfo) -> Result<Reply, Reply> {
     let asked: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
@@ -42,6 +42,15 @@ pub async fn info(server: &Arc<Server>, args: &[Vec<u8>], _ctx: &ConnInfo) -> Re
             "clients" => {
                 let n = stats::CLIENTS.lock().expect("clients lock").len();
                 out += &format!("# Clients\r\nconnected_clients:{n}\r\nblocked_clients:0\r\nmaxclients:1024\r\n");
+            }
+            "memory" => {
+                // What chd and its workers hold resident, as the budget counts it.
+                let (used, budget) = (cluster.memory.used(), cluster.memory.budget());
+                out += "# Memory\r\n";
+                out += &format!("used_memory:{used}\r\nused_memory_human:{}\r\n", human(used));
+                out += &format!("used_memory_rss:{used}\r\n");
+                out += &format!("maxmemory:{budget}\r\nmaxmemory_human:{}\r\n", human(budget));
+                out += "maxmemory_policy:noeviction\r\n";
             }
             "persistence" => {
                 out += "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\n";
@@ -84,4 +93,16 @@ pub async fn info(server: &Arc<Server>, args: &[Vec<u8>], _ctx: &ConnInfo) -> Re
         }
     }
     Ok(Reply::Verbatim(out))
+}
+
+/// Bytes as Redis's `*_human` fields show them (`1.50M`).
+fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    for unit in ["B", "K", "M", "G"] {
+        if v < 1024.0 {
+            return if unit == "B" { format!("{bytes}B") } else { format!("{v:.2}{unit}") };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.2}T")
 }

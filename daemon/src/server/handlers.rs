@@ -100,6 +100,7 @@ async fn status(server: &Server) -> StatusReport {
                 progress: s.progress.clone().filter(|p| !p.finished),
                 note: s.note.clone(),
                 engine: s.engine,
+                memory: cluster.memory.of_node(id),
             })
             .collect()
     };
@@ -132,6 +133,8 @@ async fn status(server: &Server) -> StatusReport {
         nodes,
         migration: cluster.migration.read().expect("migration lock").clone(),
         resp_socket: cluster.settings.resp_socket.as_ref().map(|p| p.display().to_string()),
+        memory_used: cluster.memory.used(),
+        memory_budget: cluster.memory.budget(),
     }
 }
 
