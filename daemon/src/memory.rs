@@ -72,10 +72,11 @@ fn page_size() -> u64 {
 
 /// The default budget: half the memory this machine (or the cgroup chd runs in, if it sets a
 /// lower limit) has, leaving the rest to the kernel's page cache, which chd's reads rely on.
+/// The machine's memory comes from `sysinfo(2)`, which works where `/proc/meminfo` is hidden
+/// (the packaged unit's `ProcSubset=pid`).
 pub fn default_budget() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_total(&m));
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let limit = match (total, cgroup) {
+    let limit = match (mem_total(), cgroup) {
         (Some(t), Some(c)) => t.min(c),
         (Some(t), None) => t,
         (None, Some(c)) => c,
@@ -84,10 +85,17 @@ pub fn default_budget() -> u64 {
     (limit / 2).max(MIN_BUDGET)
 }
 
-fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+fn mem_total() -> Option<u64> {
+    // SAFETY: sysinfo fills the struct it is given; a zeroed one is a valid start.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    // `totalram` is a C `unsigned long`: u64 here, u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram);
+    total.checked_mul(u64::from(info.mem_unit.max(1)))
 }
 
 /// A size as the settings take it: a number of bytes with an optional unit, `KiB`, `MiB`,
@@ -154,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_default_is_half_the_memory_and_never_below_the_minimum() {
-        assert_eq!(mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24576000 * 1024));
+        assert!(mem_total().is_some_and(|t| t > MIN_BUDGET));
         let d = default_budget();
         assert!(d == 0 || d >= MIN_BUDGET, "{d}");
         assert!(resident(std::process::id()).is_some_and(|r| r > 0));
