@@ -12,7 +12,7 @@ use chd_data::proto::{
 
 use crate::connect::connect;
 use crate::exit;
-use crate::human::{human_age, human_bytes};
+use crate::human::{count, human_age, human_bytes, key_text};
 use crate::{Command, NodeCommand, PlanKind, QuarantineCommand};
 use chd_client::Client;
 
@@ -104,6 +104,8 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                         outln!("{}", serde_json::Value::Object(bytes_field("key", &k, hex)))?;
                     } else if hex {
                         outln!("{}", to_hex(&k))?;
+                    } else if std::io::stdout().is_terminal() {
+                        outln!("{}", key_text(&k))?;
                     } else {
                         crate::out::write_all(&k)?;
                         crate::out::write_all(b"\n")?;
@@ -209,10 +211,10 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                 outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
                 outln!(
-                    "checked {} partitions: {} differed; copied {} records ({} bytes)",
-                    r.partitions_checked,
+                    "checked {}: {} differed; copied {} ({} bytes)",
+                    count(r.partitions_checked, "partition"),
                     r.partitions_differing,
-                    r.keys_repaired,
+                    count(r.keys_repaired, "record"),
                     r.bytes_repaired
                 )?;
                 if !r.unreachable_nodes.is_empty() {
@@ -242,13 +244,12 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
                 }
                 None => crate::dump::restore(&mut client, std::io::stdin().lock(), force)?,
             };
-            outln!("restored {} keys", done.written)?;
+            outln!("restored {}", count(done.written, "key"))?;
             if done.kept > 0 {
-                let names: Vec<String> =
-                    done.kept_examples.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+                let names: Vec<String> = done.kept_examples.iter().map(|k| key_text(k)).collect();
                 outln!(
-                    "kept {} keys that have a value in chd now (newer than the dump), such as {}; --force overwrites them",
-                    done.kept,
+                    "kept {} that have a value in chd now (newer than the dump), such as {}; --force overwrites them",
+                    count(done.kept, "key"),
                     names.join(", ")
                 )?;
             }

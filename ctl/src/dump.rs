@@ -268,7 +268,7 @@ pub fn dump(client: &mut Client, prefix: &[u8], format: Format) -> anyhow::Resul
         cursor = next;
     }
     let n = w.finish().map_err(OutputError)?;
-    eprintln!("chctl: dumped {n} keys");
+    eprintln!("chctl: dumped {}", crate::human::count(n, "key"));
     Ok(())
 }
 

@@ -108,9 +108,9 @@ pub fn follow_migration(client: &mut Client, what: &str) -> anyhow::Result<Finis
 pub fn summary(label: &str, p: &NodeProgress) -> anyhow::Result<()> {
     let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
     outln!(
-        "{label}: {} partitions, {} records, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
-        p.partitions_total,
-        p.keys,
+        "{label}: {}, {}, {} in {secs:.1}s ({:.0} records/s, {:.1} MB/s)",
+        crate::human::count(u64::from(p.partitions_total), "partition"),
+        crate::human::count(p.keys, "record"),
         crate::human::human_bytes(p.bytes),
         p.keys as f64 / secs,
         p.bytes as f64 / secs / 1e6
