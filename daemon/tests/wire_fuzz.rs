@@ -15,7 +15,7 @@
 //! test watches: requests on keys under `keep/`, membership changes, restarts, repair,
 //! quarantine purges or SHUTDOWN. Everything else goes.
 //!
-//! `CHD_WIRE_INPUTS` (default 33000) and `CHD_WIRE_SECONDS` (default 75) bound a run.
+//! `CHD_WIRE_INPUTS` (default 33000) and `CHD_WIRE_SECONDS` (default 60) bound a run.
 
 mod common;
 
@@ -57,7 +57,7 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         });
     let total: usize = std::env::var("CHD_WIRE_INPUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(33_000);
-    let secs: u64 = std::env::var("CHD_WIRE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(75);
+    let secs: u64 = std::env::var("CHD_WIRE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     eprintln!("wire fuzz seed {seed} (repeat with CHD_WIRE_SEED={seed})");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -74,7 +74,7 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
     let start_rss = rss(pid, "VmRSS:");
     let started = Instant::now();
     let run = Run { pid, log: chd.dir.path().join("chd.log"), seed, sent: Sent::default(), recent: Default::default() };
-    let mut peak_seen = start_rss;
+    let mut rss_after_rounds = Vec::new();
 
     // 60% of the inputs go to the RESP socket, 20% to the chctl socket, 20% to TCP, spread over
     // ROUNDS rounds on the Unix sockets and as many on TCP.
@@ -117,7 +117,7 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
             });
         }
         held.finish(&kept);
-        check_serving(&chd, &resp, &kept, &workers, pid, &mut peak_seen);
+        rss_after_rounds.push(check_serving(&chd, &resp, &kept, &workers, pid) >> 20);
     }
     let after = snapshot(&resp);
     assert!(before_tcp == Some(after.clone()), "unauthenticated TCP clients changed the data (seed {seed})");
@@ -147,13 +147,13 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
     let inputs = sent.resp.load(Ordering::SeqCst) + sent.ctl.load(Ordering::SeqCst) + sent.tcp.load(Ordering::SeqCst);
     eprintln!(
         "{inputs} inputs ({} RESP socket, {} chctl socket, {} TCP before AUTH) in {:.1} s; \
-         chd RSS {} MiB at the start, peak {} MiB (limit {} MiB)",
+         chd RSS {} MiB at the start, {rss_after_rounds:?} MiB after each round, peak {} MiB (limit {} MiB)",
         sent.resp.load(Ordering::SeqCst),
         sent.ctl.load(Ordering::SeqCst),
         sent.tcp.load(Ordering::SeqCst),
         elapsed.as_secs_f64(),
         start_rss >> 20,
-        peak.max(peak_seen) >> 20,
+        peak >> 20,
         PEAK_RSS_LIMIT >> 20
     );
     assert!(!log.contains("panicked"), "chd's log holds a panic (seed {seed}):\n{log}");
@@ -227,17 +227,19 @@ fn rss(pid: u32, field: &str) -> u64 {
 
 /// chd answers on both Unix sockets, is the same process with the same workers, within its
 /// memory bound, and a sample of the kept keys reads back.
-fn check_serving(chd: &Chd, resp: &Endpoint, kept: &Kept, workers_then: &[(u64, u64, u64)], pid: u32, peak: &mut u64) {
+/// Returns chd's resident memory now.
+fn check_serving(chd: &Chd, resp: &Endpoint, kept: &Kept, workers_then: &[(u64, u64, u64)], pid: u32) -> u64 {
     assert!(alive(pid), "chd is gone:\n{}", chd.log());
     assert_eq!(resp_call(resp, b"PING\r\n"), [V::Simple(b"PONG".to_vec())]);
     let mut c = Client::connect(&chd.socket).expect("chd's socket answers");
     let (k, v) = kept.iter().nth(kept.len() / 2).unwrap();
     assert!(matches!(c.call(Request::Get { key: k.clone() }), Ok(Ok(Response::Value(Some(got)))) if got == *v));
     assert_eq!(chd.pid(), pid);
-    assert_eq!(workers(chd), workers_then, "a worker was restarted:\n{}", chd.log());
-    *peak = (*peak).max(rss(pid, "VmRSS:"));
-    assert!(*peak < PEAK_RSS_LIMIT, "chd's RSS {} MiB is over the limit", *peak >> 20);
+    assert_eq!(workers(chd), workers_then, "the workers changed (restarted, added or removed):\n{}", chd.log());
+    let peak = rss(pid, "VmHWM:");
+    assert!(peak < PEAK_RSS_LIMIT, "chd's peak RSS {} MiB is over the limit", peak >> 20);
     assert!(!chd.log().contains("panicked"), "{}", chd.log());
+    rss(pid, "VmRSS:")
 }
 
 /// Every key and value, read through RESP.
