@@ -146,12 +146,15 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
     let sent = &run.sent;
     let inputs = sent.resp.load(Ordering::SeqCst) + sent.ctl.load(Ordering::SeqCst) + sent.tcp.load(Ordering::SeqCst);
     eprintln!(
-        "{inputs} inputs ({} RESP socket, {} chctl socket, {} TCP before AUTH) in {:.1} s; \
-         chd RSS {} MiB at the start, {rss_after_rounds:?} MiB after each round, peak {} MiB (limit {} MiB)",
+        "{inputs} inputs ({} RESP socket, {} chctl socket, {} TCP before AUTH) in {:.1} s; {} replies read, \
+         {} of them errors, {} RESP protocol errors; chd RSS {} MiB at the start, {rss_after_rounds:?} MiB after each round, peak {} MiB (limit {} MiB)",
         sent.resp.load(Ordering::SeqCst),
         sent.ctl.load(Ordering::SeqCst),
         sent.tcp.load(Ordering::SeqCst),
         elapsed.as_secs_f64(),
+        sent.replies.load(Ordering::SeqCst),
+        sent.errors.load(Ordering::SeqCst),
+        sent.protocol_errors.load(Ordering::SeqCst),
         start_rss >> 20,
         peak >> 20,
         PEAK_RSS_LIMIT >> 20
@@ -374,6 +377,10 @@ struct Sent {
     resp: AtomicUsize,
     ctl: AtomicUsize,
     tcp: AtomicUsize,
+    /// Replies read, errors among them, and protocol errors (which close the connection).
+    replies: AtomicUsize,
+    errors: AtomicUsize,
+    protocol_errors: AtomicUsize,
 }
 
 /// What every fuzzing client shares: the chd it watches, the counts of inputs sent and the
@@ -602,13 +609,16 @@ fn fuzz_resp(
             let count = 2 + rng.below(7);
             // Checked whole too: the end of one input and the start of the next can make what
             // neither is alone.
+            // A third of the streams speak RESP3 from the start.
+            let resp3 = rng.percent(33);
             let input = loop {
-                let input: Vec<u8> = (0..count).flat_map(|_| resp_input(rng, keys)).collect();
+                let mut input = if resp3 { multibulk(&[b"HELLO", b"3"]) } else { Vec::new() };
+                input.extend((0..count).flat_map(|_| resp_input(rng, keys)));
                 if resp_allowed(&input) {
                     break input;
                 }
             };
-            (input, count, Delivery::Whole)
+            (input, count + usize::from(resp3), Delivery::Whole)
         } else {
             let input = resp_input(rng, keys);
             let how = match r {
@@ -621,8 +631,13 @@ fn fuzz_resp(
         n += count;
         sent.fetch_add(count, Ordering::Relaxed);
         if let Some((reply, clean)) = deliver(ep, &input, how, rng, run) {
-            if let Err(e) = check_resp_replies(&reply, clean, target) {
-                panic!("bad replies to {}: {e}\nreplies: {}", shown(&input), shown(&reply));
+            match check_resp_replies(&reply, clean, target) {
+                Ok((replies, errors, protocol)) => {
+                    run.sent.replies.fetch_add(replies, Ordering::Relaxed);
+                    run.sent.errors.fetch_add(errors, Ordering::Relaxed);
+                    run.sent.protocol_errors.fetch_add(protocol, Ordering::Relaxed);
+                }
+                Err(e) => panic!("bad replies to {}: {e}\nreplies: {}", shown(&input), shown(&reply)),
             }
         }
     }
@@ -655,8 +670,13 @@ fn fuzz_ctl(ep: &Endpoint, rng: &mut Rng, quota: usize, deadline: Instant, run: 
         n += count;
         run.sent.ctl.fetch_add(count, Ordering::Relaxed);
         if let Some((reply, clean)) = deliver(ep, &input, how, rng, run) {
-            if let Err(e) = server_frames(&reply, clean) {
-                panic!("bad replies to {}: {e}\nreplies: {}", shown(&input), shown(&reply));
+            match server_frames(&reply, clean) {
+                Ok(frames) => {
+                    run.sent.replies.fetch_add(frames.len(), Ordering::Relaxed);
+                    let errors = frames.iter().filter(|f| f.response.is_err()).count();
+                    run.sent.errors.fetch_add(errors, Ordering::Relaxed);
+                }
+                Err(e) => panic!("bad replies to {}: {e}\nreplies: {}", shown(&input), shown(&reply)),
             }
         }
     }
@@ -965,7 +985,14 @@ fn ctl_request(rng: &mut Rng) -> Request {
         12 => Request::QuarantineList,
         13 => Request::Stats,
         14 if rng.percent(20) => Request::Status,
-        15 if rng.percent(10) => Request::Plan { change: Change::Add { count: 1 } },
+        // A dry run only; it asks the workers for partition sizes.
+        15 if rng.percent(10) => Request::Plan {
+            change: match rng.below(3) {
+                0 => Change::Add { count: 1 + rng.below(2) as u32 },
+                1 => Change::Remove { id: rng.below(6) as u32 },
+                _ => Change::Replace { id: rng.below(6) as u32 },
+            },
+        },
         _ => hello(),
     }
 }
@@ -1155,21 +1182,28 @@ fn resp_call(ep: &Endpoint, input: &[u8]) -> Vec<V> {
 }
 
 /// chd's replies to one connection are whole RESP values; a protocol error is the last reply;
-/// before AUTH on TCP, every reply is an error or the +OK of QUIT.
-fn check_resp_replies(mut buf: &[u8], clean: bool, target: Target) -> Result<(), String> {
+/// before AUTH on TCP, every reply is an error or the +OK of QUIT. Returns how many replies,
+/// errors and protocol errors there were.
+fn check_resp_replies(mut buf: &[u8], clean: bool, target: Target) -> Result<(usize, usize, usize), String> {
     let mut closed_by: Option<Vec<u8>> = None;
+    let (mut replies, mut errors, mut protocol) = (0, 0, 0);
     while !buf.is_empty() {
         let (v, n) = match value_at(buf, 0) {
             Ok(x) => x,
             // A reset can cut the last reply short.
-            Err(e) if e == INCOMPLETE && !clean => return Ok(()),
+            Err(e) if e == INCOMPLETE && !clean => break,
             Err(e) => return Err(e),
         };
+        replies += 1;
+        errors += usize::from(matches!(v, V::Error(_)));
         if let Some(e) = &closed_by {
             return Err(format!("a reply after {}", shown(e)));
         }
         match &v {
-            V::Error(e) if e.starts_with(b"ERR Protocol error") => closed_by = Some(e.clone()),
+            V::Error(e) if e.starts_with(b"ERR Protocol error") => {
+                protocol += 1;
+                closed_by = Some(e.clone());
+            }
             V::Error(_) => {}
             V::Simple(s) if target == Target::Tcp && s == b"OK" => closed_by = Some(b"+OK of QUIT".to_vec()),
             other if target == Target::Tcp => return Err(format!("{other:?} before AUTH")),
@@ -1177,7 +1211,7 @@ fn check_resp_replies(mut buf: &[u8], clean: bool, target: Target) -> Result<(),
         }
         buf = &buf[n..];
     }
-    Ok(())
+    Ok((replies, errors, protocol))
 }
 
 const INCOMPLETE: &str = "incomplete reply";
