@@ -229,8 +229,7 @@ fn rss(pid: u32, field: &str) -> u64 {
 }
 
 /// chd answers on both Unix sockets, is the same process with the same workers, within its
-/// memory bound, and a sample of the kept keys reads back.
-/// Returns chd's resident memory now.
+/// memory bound, and a sample of the kept keys reads back. Returns chd's resident memory now.
 fn check_serving(chd: &Chd, resp: &Endpoint, kept: &Kept, workers_then: &[(u64, u64, u64)], pid: u32) -> u64 {
     assert!(alive(pid), "chd is gone:\n{}", chd.log());
     assert_eq!(resp_call(resp, b"PING\r\n"), [V::Simple(b"PONG".to_vec())]);
@@ -285,7 +284,8 @@ fn check_regression_input(ep: &Endpoint) {
 }
 
 /// Connections that hold a half-sent request through a round and finish it at its end: a
-/// RESP GET, a chctl GET after its hello, and a TCP AUTH with the right password.
+/// RESP GET, a chctl GET after its hello, and a TCP AUTH with the right password. Each is the
+/// connection, the bytes still to send and the kept key it reads.
 struct Held {
     resp: Vec<(Conn, Vec<u8>, Vec<u8>)>,
     ctl: Vec<(Conn, Vec<u8>, Vec<u8>)>,
