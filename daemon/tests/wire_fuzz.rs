@@ -125,6 +125,8 @@ fn hostile_inputs_on_every_socket_leave_chd_serving_with_its_data_intact() {
         assert!(!after.contains_key(*k), "unauthenticated TCP client created {} (seed {seed})", k.escape_ascii());
     }
     let elapsed = started.elapsed();
+    // Every RESP connection chd served has ended, dropped ones included: none is left stuck.
+    wait_for("chd to end every fuzzed RESP connection", REPLY_LIMIT, || connected_clients(&resp) == 1);
 
     // Every kept key, through both protocols.
     let mut c = chd.client();
@@ -242,6 +244,16 @@ fn check_serving(chd: &Chd, resp: &Endpoint, kept: &Kept, workers_then: &[(u64, 
     assert!(peak < PEAK_RSS_LIMIT, "chd's peak RSS {} MiB is over the limit", peak >> 20);
     assert!(!chd.log().contains("panicked"), "{}", chd.log());
     rss(pid, "VmRSS:")
+}
+
+/// The RESP connections chd serves, the one asking included.
+fn connected_clients(resp: &Endpoint) -> u64 {
+    let Some(V::Bulk(Some(info))) = resp_call(resp, b"INFO clients\r\n").into_iter().next() else {
+        panic!("INFO clients failed")
+    };
+    let info = String::from_utf8(info).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).expect("connected_clients in INFO");
+    line.parse().unwrap()
 }
 
 /// A snapshot once the data stopped changing: a request of a connection dropped in the Unix
