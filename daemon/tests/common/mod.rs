@@ -347,3 +347,21 @@ pub fn settle(chd: &Chd, live_keys: u64) {
     chd.wait_all_up(Duration::from_secs(60));
     wait_for("R copies of every key", Duration::from_secs(30), || chd.stored_copies() == 3 * live_keys);
 }
+
+impl Chd {
+    /// Starts chd with `config` as its config file (written into its temp dir; settings such as
+    /// `requirepass` are read from the file only) and `args`, and waits until every node is up.
+    /// [`Chd::restart`] starts it again with no config file.
+    pub fn start_with_config(config: &str, args: &[&str]) -> Chd {
+        let mut chd = Chd::unstarted(args);
+        let path = chd.dir.path().join("chd.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(chd.dir.path().join("chd.log")).unwrap();
+        let mut c = Command::new(CHD);
+        c.arg("--config").arg(&path).arg("--data-dir").arg(&chd.data).arg("--socket").arg(&chd.socket);
+        c.args(&chd.args);
+        chd.child = Some(c.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        chd.wait_all_up(Duration::from_secs(60));
+        chd
+    }
+}
