@@ -385,6 +385,20 @@ fn tcp_needs_auth_and_a_loopback_address() {
     // Before AUTH a request stays small, as in Redis.
     let got = talk(format!("*2\r\n$3\r\nGET\r\n${}\r\n", 1 << 20).as_bytes()).unwrap();
     assert_eq!(got, "-ERR Protocol error: unauthenticated bulk length\r\n");
+    // A client that never authenticates is closed after 10 s, so idle strangers cannot hold
+    // the endpoint's connection slots; one that did authenticate may stay idle.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut authed = std::net::TcpStream::connect(&addr).unwrap();
+    authed.write_all(b"AUTH s3cret\r\n").unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(idle.read(&mut [0; 16]).unwrap(), 0, "closed without a word");
+    assert!(started.elapsed() >= Duration::from_secs(8), "{:?}", started.elapsed());
+    authed.write_all(b"PING\r\n").unwrap();
+    let mut reply = [0; 12];
+    authed.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    authed.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"+OK\r\n+PONG\r\n");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -27,6 +27,8 @@ use crate::service::Server;
 pub const MAX_IN_FLIGHT: usize = 128;
 /// Bytes of arguments of those requests.
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+/// How long a connection that must authenticate (TCP) may go without a successful AUTH.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Slot {
     Ready(Vec<u8>),
@@ -117,6 +119,9 @@ async fn serve<R, W>(
     let count = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES >> 10));
     let mut parser = Parser::default();
+    // A client that must authenticate has AUTH_TIMEOUT to do it: idle strangers would
+    // otherwise hold the endpoint's connection slots and lock out its real clients.
+    let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     loop {
         parser.unauthenticated = session.needs_auth && !session.authed;
         let args = match parser.next_request() {
@@ -125,6 +130,10 @@ async fn serve<R, W>(
                 let n = tokio::select! {
                     n = rd.read_buf(parser.buffer()) => n,
                     _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep_until(auth_deadline), if parser.unauthenticated => {
+                        debug!(client = id, "no AUTH within {}s; closing", AUTH_TIMEOUT.as_secs());
+                        break;
+                    }
                 };
                 match n {
                     Ok(0) | Err(_) => break,
