@@ -157,8 +157,7 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages of chctl and its commands into DIR (for packaging).
-    #[command(hide = true)]
+    /// Write the man pages of chctl and its commands into DIR (`man -l DIR/chctl.1` reads one).
     Man {
         /// Directory for the pages (created if missing).
         #[arg(long, value_name = "DIR")]

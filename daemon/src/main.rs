@@ -84,8 +84,56 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(Cli::command(), dir)
-        .with_context(|| format!("cannot write man pages into {}", dir.display()))
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let page = dir.join("chd.1");
+    let mut text = std::fs::read_to_string(&page).with_context(|| format!("cannot read {}", page.display()))?;
+    text.push_str(EXTRA_SECTIONS);
+    std::fs::write(&page, text).with_context(|| format!("cannot write {}", page.display()))
 }
+
+/// The sections of `chd.1` that clap does not write (roff).
+const EXTRA_SECTIONS: &str = r#".SH EXAMPLES
+.nf
+chd                                   # 4 nodes, 3 replicas, writes acknowledged by 2
+chd \-\-data\-dir /srv/chd \-\-nodes 6 \-\-engine sled
+chd \-\-resp\-listen 127.0.0.1:6379      # with requirepass in the config file
+chd check\-config \-\-config /etc/chd/chd.toml
+systemctl enable \-\-now chd             # the packaged service
+.fi
+.SH "EXIT STATUS"
+0 after a clean stop (SIGTERM, SIGINT, or SHUTDOWN from a Redis client on the Unix socket);
+1 if chd cannot start (bad settings, another chd on the same socket or data dir, a data dir it
+cannot read); a panic aborts it, and systemd starts it again.
+.SH ENVIRONMENT
+.TP
+STATE_DIRECTORY, XDG_STATE_HOME
+where the data dir is when \-\-data\-dir and data_dir are not given (chd in the first set).
+.TP
+CHD_SOCKET, RUNTIME_DIRECTORY, XDG_RUNTIME_DIR
+where chd's socket is when \-\-socket and socket are not given.
+.TP
+RUST_LOG
+a tracing filter that overrides log_level.
+.TP
+NO_COLOR
+no colours in the log even on a terminal.
+.TP
+NOTIFY_SOCKET, WATCHDOG_USEC
+set by systemd: chd reports readiness and status, and pings the watchdog.
+.SH FILES
+.TP
+/etc/chd/chd.toml
+the configuration file, read when it exists (\-\-config names another).
+.TP
+/var/lib/chd
+the packaged service's data dir: cluster.json, nodes/<id>/ (one database per node),
+quarantine/ (databases set aside, deleted only by chctl quarantine purge).
+.TP
+/run/chd/chd.sock, /run/chd/chd\-resp.sock
+the packaged service's sockets, for chctl and for Redis clients.
+.SH "SEE ALSO"
+chctl(1), systemd.service(5)
+"#;
 
 fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;

@@ -143,6 +143,41 @@ pub async fn listen_tcp(
     setting: &str,
 ) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     let Some(addr) = addr else { return Ok(None) };
-    let listener = tokio::net::TcpListener::bind(addr).await;
-    Ok(Some(listener.with_context(|| format!("{setting}: cannot listen on {addr}"))?))
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => bail!(
+            "{setting}: cannot listen on {addr}: {e}; chd may use only Unix sockets here (systemd's \
+             RestrictAddressFamilies=): install the drop-in chd-tcp.conf (see the README)"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("{setting}: cannot listen on {addr}")),
+    };
+    if only_loopback_interface(&std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default()) {
+        warn!(
+            setting,
+            address = %addr,
+            "listening in a network namespace with only a loopback interface of its own (systemd's \
+             PrivateNetwork=?): clients outside it cannot connect; install the drop-in chd-tcp.conf (see the README)"
+        );
+    }
+    Ok(Some(listener))
+}
+
+/// Whether `/proc/self/net/dev` lists the loopback interface and nothing else: a private
+/// network namespace, which nothing outside reaches even on 127.0.0.1.
+fn only_loopback_interface(dev: &str) -> bool {
+    let mut names = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim);
+    names.next() == Some("lo") && names.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_with_only_loopback_is_told_from_a_host() {
+        let head = "Inter-|   Receive\n face |bytes    packets\n";
+        assert!(only_loopback_interface(&format!("{head}    lo: 0 0 0\n")));
+        assert!(!only_loopback_interface(&format!("{head}    lo: 0 0\n  eth0: 1 2\n")));
+        assert!(!only_loopback_interface(""));
+    }
 }
