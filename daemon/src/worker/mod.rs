@@ -258,16 +258,22 @@ fn panic_is_damage<T>(open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
 ///
 /// A database sled created (it has sled's log file `db`) stays on sled; every new one is an
 /// [`AppendLog`] (smaller on disk and cheaper per write; see its module doc). A node moves to
-/// the append log when it is rebuilt, which starts from an empty directory.
+/// the append log when it is rebuilt, which starts from an empty directory. Built with the
+/// features `fjall` or `redb` (for the measurements in docs/storage.md), a new database uses
+/// the engine the environment variable `CHD_ENGINE` names, and a database keeps its engine.
 fn open_engine(dir: &std::path::Path, cache_bytes: u64, shape: Shape) -> io::Result<Wal<Box<dyn Engine>>> {
     std::fs::create_dir_all(dir)?;
-    let sled = dir.join("db").exists();
+    let kind = engine_kind(dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     let engine: Box<dyn Engine> = loop {
-        let opened = if sled {
-            SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>)
-        } else {
-            AppendLog::open_shaped(dir, shape).map(|e| Box::new(e) as Box<dyn Engine>)
+        let opened = match kind {
+            "sled" => SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>),
+            #[cfg(feature = "fjall")]
+            "fjall" => crate::storage::fjall::FjallEngine::open(&dir.join("fjall"), cache_bytes)
+                .map(|e| Box::new(e) as Box<dyn Engine>),
+            #[cfg(feature = "redb")]
+            "redb" => crate::storage::redb::RedbEngine::open(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>),
+            _ => AppendLog::open_shaped(dir, shape).map(|e| Box::new(e) as Box<dyn Engine>),
         };
         match opened {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
@@ -277,6 +283,32 @@ fn open_engine(dir: &std::path::Path, cache_bytes: u64, shape: Shape) -> io::Res
         }
     };
     Wal::open(engine, dir)
+}
+
+/// The engine of the database in `dir`: the one whose files are there; for a new database the
+/// append log, or, with the feature of that engine built in, the one `CHD_ENGINE` names.
+fn engine_kind(dir: &std::path::Path) -> &'static str {
+    if dir.join("db").exists() {
+        return "sled";
+    }
+    #[cfg(feature = "fjall")]
+    if dir.join("fjall").exists() {
+        return "fjall";
+    }
+    #[cfg(feature = "redb")]
+    if dir.join("redb").exists() {
+        return "redb";
+    }
+    if dir.join("log").exists() {
+        return "append";
+    }
+    match std::env::var("CHD_ENGINE").as_deref() {
+        #[cfg(feature = "fjall")]
+        Ok("fjall") => "fjall",
+        #[cfg(feature = "redb")]
+        Ok("redb") => "redb",
+        _ => "append",
+    }
 }
 
 /// The apply loop's progress, read by the health thread to answer pings.
