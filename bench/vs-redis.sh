@@ -216,7 +216,7 @@ json_num() { echo "$floor" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { # server, test, field (1 rps, 2 p50, 3 p99): the median over rounds
   local r
-  for r in $(seq "$rounds"); do echo "${res[$1/$2/$r]}" | awk -v f="$3" '{ print $f }'; done | median
+  for r in $(seq "$rounds"); do echo "${res[$1/$2/$r]:-}" | awk -v f="$3" '{ print $f }'; done | median
 }
 
 echo
