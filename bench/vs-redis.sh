@@ -14,6 +14,7 @@
 # and 2 of 3 at once, which is what every chd write waits for and so a floor for SET -c 1.
 #
 # Usage: bench/vs-redis.sh [--seconds S] [--rounds N] [--keys K] [--chd PATH] [--tests LIST]
+#                          [--engines LIST] [--chd-args ARGS]
 #   --seconds S   time budget of the measured runs, all rounds and servers together (default 240);
 #                 each redis-benchmark run gets about S / (rounds * 3 * tests) seconds, its -n
 #                 sized from a short calibration pass
@@ -21,6 +22,11 @@
 #   --keys K      key space for -r and the prefill (default 1000000)
 #   --chd PATH    chd executable (default target/release/chd of this repo)
 #   --tests LIST  comma-separated subset of the test names below (default all)
+#   --engines LIST  one chd per storage engine named (chd's --engine), e.g. append,sled: the
+#                 first is the column "chd" (and the ratios), the others "chd-ENGINE" (default:
+#                 one chd with its default engine)
+#   --chd-args ARGS more arguments for every chd, split on spaces (e.g. --read-cache-mib 0, so
+#                 that every GET reaches the workers)
 # CI runs `bench/vs-redis.sh --seconds 20 --keys 10000` so that the script keeps working.
 #
 # It installs nothing. Needs: redis-server (Debian: apt-get install redis-server),
@@ -29,7 +35,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-seconds=240 rounds=3 keys=1000000 chd="$repo/target/release/chd" only=""
+seconds=240 rounds=3 keys=1000000 chd="$repo/target/release/chd" only="" engines="" chd_args=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
@@ -37,6 +43,8 @@ while [ $# -gt 0 ]; do
     --keys) keys=$2; shift 2 ;;
     --chd) chd=$2; shift 2 ;;
     --tests) only=$2; shift 2 ;;
+    --engines) engines=$2; shift 2 ;;
+    --chd-args) chd_args=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "vs-redis: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -75,7 +83,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-servers=(redis-mem redis-always chd)
+servers=(redis-mem redis-always)
 declare -A sock
 start_redis() { # name, extra args...
   local name=$1; shift
@@ -87,11 +95,26 @@ start_redis() { # name, extra args...
 }
 start_redis redis-mem --appendonly no
 start_redis redis-always --appendonly yes --appendfsync always
-mkdir -p "$tmp/chd"
-sock[chd]=$tmp/chd/chd-resp.sock
-"$chd" --data-dir "$tmp/chd/data" --socket "$tmp/chd/chd.sock" --log-level warn >"$tmp/chd/log" 2>&1 &
-pids+=($!)
-chd_pid=$!
+declare -A chd_pid
+start_chd() { # name, engine (empty: chd's default)
+  local name=$1
+  mkdir -p "$tmp/$name"
+  sock[$name]=$tmp/$name/chd-resp.sock
+  # $chd_args is split on spaces on purpose.
+  # shellcheck disable=SC2086
+  "$chd" ${2:+--engine "$2"} --data-dir "$tmp/$name/data" --socket "$tmp/$name/chd.sock" --log-level warn $chd_args >"$tmp/$name/log" 2>&1 &
+  pids+=($!)
+  chd_pid[$name]=$!
+  servers+=("$name")
+}
+if [ -z "$engines" ]; then
+  start_chd chd ""
+else
+  first=1
+  for e in ${engines//,/ }; do
+    if [ $first = 1 ]; then start_chd chd "$e"; first=0; else start_chd "chd-$e" "$e"; fi
+  done
+fi
 
 for s in "${servers[@]}"; do
   for _ in $(seq 300); do
@@ -146,7 +169,7 @@ run() { # server, n, args...
 
 # Calibration: a short run of each test on each server gives its rate, from which -n is sized
 # so that one run takes about its share of --seconds.
-share=$(awk -v s="$seconds" -v r="$rounds" -v t="${#tests[@]}" 'BEGIN { printf "%.3f", s / (r * 3 * t) }')
+share=$(awk -v s="$seconds" -v r="$rounds" -v t="${#tests[@]}" -v n="${#servers[@]}" 'BEGIN { printf "%.3f", s / (r * n * t) }')
 declare -A nreq
 echo "vs-redis: calibrating (about $share s per run, $rounds rounds)" >&2
 for t in "${tests[@]}"; do
@@ -173,8 +196,11 @@ done
 
 # chd's footprint with the key space stored (R copies): resident memory of chd and its workers
 # and bytes of its data dir.
-rss_kib=$(ps -o rss= --pid "$chd_pid" --ppid "$chd_pid" | awk '{ s += $1 } END { print s }')
-disk_kib=$(du -sk "$tmp/chd/data" | cut -f1)
+declare -A rss_kib disk_kib
+for s in "${!chd_pid[@]}"; do
+  rss_kib[$s]=$(ps -o rss= --pid "${chd_pid[$s]}" --ppid "${chd_pid[$s]}" | awk '{ s += $1 } END { print s }')
+  disk_kib[$s]=$(du -sk "$tmp/$s/data" | cut -f1)
+done
 
 # The floor of one client's durable write on this disk, measured by `chctl bench` (next to the
 # chd executable) after the rounds: one fdatasync alone, and R files fdatasynced at once until
@@ -189,16 +215,18 @@ json_num() { echo "$floor" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { # server, test, field (1 rps, 2 p50, 3 p99): the median over rounds
   local r
-  for r in $(seq "$rounds"); do echo "${res[$1/$2/$r]}" | awk -v f="$3" '{ print $f }'; done | median
+  for r in $(seq "$rounds"); do echo "${res[$1/$2/$r]:-}" | awk -v f="$3" '{ print $f }'; done | median
 }
 
 echo
 echo "chd vs Redis: redis-benchmark over Unix sockets, -r $keys -d 100, median of $rounds interleaved rounds"
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(redis-server --version | awk '{ print $1, $2, $3 }' | sed 's/v=//')"
-echo "chd: R=3 W=2, 4 nodes; redis-always: appendonly yes, appendfsync always; redis-mem: no persistence"
+echo "chd: R=3 W=2, 4 nodes${engines:+; engines $engines}${chd_args:+; $chd_args}; redis-always: appendonly yes, appendfsync always; redis-mem: no persistence"
 echo
-printf '%-12s | %-24s | %-24s | %-24s | %s\n' test "redis-mem rps p50 p99" "redis-always rps p50 p99" "chd rps p50 p99" "ratio"
-printf -- '-%.0s' $(seq 118); echo
+line=$(printf '%-12s' test)
+for s in "${servers[@]}"; do line+=$(printf ' | %-24s' "$s rps p50 p99"); done
+echo "$line | ratio"
+printf -- '-%.0s' $(seq $((27 * ${#servers[@]} + 30))); echo
 for t in "${tests[@]}"; do
   name=${t%%|*}
   declare -A m=()
@@ -212,10 +240,17 @@ for t in "${tests[@]}"; do
     SET*) ratio=$(awk -v a="${m[chd]}" -v b="${m[redis-always]}" 'BEGIN { printf "%.2fx chd/always", a / b }') ;;
     *) ratio=$(awk -v a="${m[chd]}" -v b="${m[redis-mem]}" 'BEGIN { printf "%.2fx chd/mem", a / b }') ;;
   esac
+  for s in "${servers[@]}"; do
+    [[ $s == chd-* ]] || continue
+    ratio+=$(awk -v a="${m[$s]}" -v b="${m[chd]}" -v s="$s" 'BEGIN { printf ", %.2fx %s/chd", a / b, s }')
+  done
   echo "$line | $ratio"
 done
 echo
-echo "chd with the $keys keys stored (R copies): RSS of chd and its workers $(awk -v k="$rss_kib" 'BEGIN { printf "%.0f MiB", k / 1024 }'), data dir $(awk -v k="$disk_kib" 'BEGIN { printf "%.0f MiB", k / 1024 }')"
+for s in "${servers[@]}"; do
+  [ -n "${chd_pid[$s]:-}" ] || continue
+  echo "$s with the $keys keys stored (R copies): RSS of chd and its workers $(awk -v k="${rss_kib[$s]}" 'BEGIN { printf "%.0f MiB", k / 1024 }'), data dir $(awk -v k="${disk_kib[$s]}" 'BEGIN { printf "%.0f MiB", k / 1024 }')"
+done
 one=$(json_num fdatasync_per_s) quorum=$(json_num quorum_fdatasync_per_s)
 if [ -n "$one" ] && [ -n "$quorum" ]; then
   always=$(col redis-always "SET c1" 1)

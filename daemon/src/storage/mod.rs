@@ -8,8 +8,12 @@
 //! by every engine. One conformance suite ([`tests`]) runs against each engine.
 
 pub mod append;
+#[cfg(feature = "fjall")]
+pub mod fjall;
 #[cfg(test)]
 pub mod memory;
+#[cfg(feature = "redb")]
+pub mod redb;
 pub mod sled;
 pub mod wal;
 

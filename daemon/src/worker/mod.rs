@@ -270,13 +270,11 @@ fn open_engine(
 ) -> io::Result<(EngineKind, Wal<Box<dyn Engine>>)> {
     std::fs::create_dir_all(dir)?;
     let kind = engine_of(dir).unwrap_or(new);
-    let sled = kind == EngineKind::Sled;
     let deadline = Instant::now() + Duration::from_secs(10);
     let engine: Box<dyn Engine> = loop {
-        let opened = if sled {
-            SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>)
-        } else {
-            AppendLog::open_shaped(dir, shape).map(|e| Box::new(e) as Box<dyn Engine>)
+        let opened = match kind {
+            EngineKind::Sled => SledEngine::open_with_cache(dir, cache_bytes).map(|e| Box::new(e) as Box<dyn Engine>),
+            EngineKind::Append => AppendLog::open_shaped(dir, shape).map(|e| Box::new(e) as Box<dyn Engine>),
         };
         match opened {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
