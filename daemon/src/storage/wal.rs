@@ -27,7 +27,11 @@
 //! [`CHECKPOINT_KEY`]) before the engine's sync. On open, an engine holding a smaller number
 //! than `wal-seq` lost writes a checkpoint had made durable (sled 0.34 opens a log with a
 //! corrupt block in it without an error, cutting it there): replaying the log would hide that,
-//! so the database is refused as damaged (`InvalidData`) and chd rebuilds the node.
+//! so the database is refused as damaged (`InvalidData`) and chd rebuilds the node. An engine
+//! holding exactly one more than `wal-seq` finished a checkpoint that a crash stopped before
+//! `wal-seq` was replaced: the log's frames are all older than the engine's state, so none is
+//! replayed (replaying them would undo part of the batch that checkpoint made durable), and
+//! open's own checkpoint finishes the step. Any larger number is refused as damaged.
 //!
 //! Frame: `len: u32 LE | seq: u64 LE | check: first 8 bytes of blake3(seq | len | payload) |
 //! payload`; `len == 0` marks the end. Payload: operations, each `1 | klen u32 | vlen u32 |
@@ -175,16 +179,26 @@ impl<E: Engine> Wal<E> {
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
+        let stored = match inner.get(CHECKPOINT_KEY)? {
+            Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| corrupt("wal checkpoint record".into()))?),
+            None => 0,
+        };
+        let logged = seq.unwrap_or(0);
+        if stored < logged {
+            return Err(corrupt(format!(
+                "the database lost writes made durable at checkpoint {logged} (it holds checkpoint {stored})"
+            )));
+        }
+        if stored > logged + 1 {
+            return Err(corrupt(format!(
+                "the database holds checkpoint {stored}, beyond the write-ahead log's segment {logged}"
+            )));
+        }
+        // `stored == logged + 1`: the engine finished a checkpoint whose replacement of
+        // `wal-seq` was cut short. Every frame in the file is older than the engine's state,
+        // so none is replayed; the checkpoint below finishes the rename.
+        let seq = seq.filter(|_| stored == logged);
         if let Some(seq) = seq {
-            let stored = match inner.get(CHECKPOINT_KEY)? {
-                Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| corrupt("wal checkpoint record".into()))?),
-                None => 0,
-            };
-            if stored < seq {
-                return Err(corrupt(format!(
-                    "the database lost writes made durable at checkpoint {seq} (it holds checkpoint {stored})"
-                )));
-            }
             let mut log = Vec::new();
             io::Read::read_to_end(&mut &file, &mut log)?;
             for payload in frames(&log, seq) {
@@ -195,7 +209,7 @@ impl<E: Engine> Wal<E> {
             inner,
             file,
             dir: dir.to_path_buf(),
-            seq: seq.unwrap_or(0),
+            seq: stored,
             offset: 0,
             size: size.max(SEGMENT_BYTES),
             pending: vec![0; HEADER],
@@ -498,6 +512,49 @@ mod tests {
             let wal = Wal::open(engine.crash(), dir.path()).unwrap();
             drop(wal);
         }
+    }
+
+    /// Issue 27, defect 2: a crash after a checkpoint's engine sync and before `wal-seq` is
+    /// replaced leaves the engine at the new segment and `wal-seq` at the old one. The old
+    /// segment's frames are older than what the engine holds: replaying them would undo part
+    /// of the batch the checkpoint made durable, leaving a state that never was.
+    #[test]
+    fn a_crash_between_the_checkpoint_s_engine_sync_and_wal_seq_keeps_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        // The next batch, made durable by a checkpoint that stops after the engine's sync.
+        wal.put(b"a", b"2").unwrap();
+        wal.put(b"b", b"2").unwrap();
+        wal.inner.put(CHECKPOINT_KEY, &(wal.seq + 1).to_le_bytes()).unwrap();
+        wal.inner.sync().unwrap();
+        let crashed = wal.inner.crash();
+        drop(wal);
+
+        let wal = Wal::open(crashed, dir.path()).unwrap();
+        let got = (wal.get(b"a").unwrap(), wal.get(b"b").unwrap());
+        let first = (Some(b"1".to_vec()), None);
+        let both = (Some(b"2".to_vec()), Some(b"2".to_vec()));
+        assert!(got == first || got == both, "not a prefix of the writes: {got:?}");
+        drop(wal);
+        // Open leaves the log and the engine agreeing: a second crash and open changes nothing.
+        let wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert_eq!((wal.get(b"a").unwrap(), wal.get(b"b").unwrap()), got);
+    }
+
+    /// An engine two checkpoints ahead of `wal-seq` does not come from any crash: refused.
+    #[test]
+    fn an_engine_ahead_of_the_log_by_more_than_one_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.inner.put(CHECKPOINT_KEY, &(wal.seq + 2).to_le_bytes()).unwrap();
+        wal.inner.sync().unwrap();
+        drop(wal);
+        let err = Wal::open(engine.crash(), dir.path()).err().expect("must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]
