@@ -16,12 +16,20 @@
 //! frame of the new segment.
 //!
 //! Recovery ([`Wal::open`]) replays the current segment's frames into the engine, in order,
-//! then checkpoints. Replay is safe whatever the engine kept of its unsynced writes: the log
-//! holds blind puts and deletes in the order they were made, starting at a point the engine
-//! had already made durable (the last checkpoint), so after replay every key holds the value
-//! of its last logged operation, or, if the segment never touched it, what the checkpoint
-//! made durable. Writes the engine kept that are in no synced frame may be undone; none of
-//! them was acknowledged, since a worker replies only after `sync`.
+//! then checkpoints. The log holds blind puts and deletes in the order they were made,
+//! starting at a point the engine had already made durable (the last checkpoint), so after
+//! replay every key the segment touched holds the value of its last logged operation. The
+//! engine may also hold writes of a batch whose frame never became durable (an engine writes
+//! its buffers when it likes: the append log does so in the middle of a batch); replay leaves
+//! those where the framed batches did not touch the same keys. None of them was acknowledged
+//! (a worker replies only after `sync`), but the state is then not a prefix of the writes, and
+//! anything the layer above derived from its records (the node's counters) may be wrong. So
+//! the first write of each batch to the engine is a marker, [`BATCH_KEY`], naming where that
+//! batch's frame goes (segment, offset); the engine keeps a prefix of its own writes, so it
+//! holds part of an unframed batch exactly when its marker names the place where replay found
+//! no frame. Open then records [`UNLOGGED_KEY`] in the engine, durable with its checkpoint,
+//! and [`Engine::holds_unlogged_writes`] says so until the layer above has counted its
+//! records again and called [`Engine::forget_unlogged_writes`].
 //!
 //! Each checkpoint also stores its new segment number in the engine itself (key
 //! [`CHECKPOINT_KEY`]) before the engine's sync. On open, an engine holding a smaller number
@@ -50,6 +58,10 @@ const HEADER: usize = 4 + 8 + 8;
 /// Where a checkpoint records its segment number in the engine: above every key the node
 /// layer uses (its metadata lives under `ff ff ff ff` followed by ASCII names).
 pub const CHECKPOINT_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-checkpoint";
+/// The first write of each batch: `seq u64 LE | offset u64 LE` of the frame that will log it.
+pub const BATCH_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-batch";
+/// Present while the engine may hold writes that no durable frame covers (see the module doc).
+pub const UNLOGGED_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-unlogged";
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -66,6 +78,10 @@ pub struct Wal<E> {
     /// The next frame: [`HEADER`] bytes, filled in at sync, then the operations since the
     /// last sync, encoded (so a sync writes it as it is, without copying it into a frame).
     pending: Vec<u8>,
+    /// [`BATCH_KEY`] names the place of the next frame: put since the last frame or checkpoint.
+    batch_marked: bool,
+    /// [`UNLOGGED_KEY`] is in the engine.
+    unlogged: bool,
 }
 
 fn corrupt(why: String) -> io::Error {
@@ -194,6 +210,15 @@ impl<E: Engine> Wal<E> {
                 "the database holds checkpoint {stored}, beyond the write-ahead log's segment {logged}"
             )));
         }
+        let marker = match inner.get(BATCH_KEY)? {
+            Some(v) if v.len() == 16 => Some((
+                u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(v[8..].try_into().expect("8 bytes")),
+            )),
+            Some(_) => return Err(corrupt("wal batch record".into())),
+            None => None,
+        };
+        let mut unlogged = false;
         // `stored == logged + 1`: the engine finished a checkpoint whose replacement of
         // `wal-seq` was cut short. Every frame in the file is older than the engine's state,
         // so none is replayed; the checkpoint below finishes the rename.
@@ -201,9 +226,22 @@ impl<E: Engine> Wal<E> {
         if let Some(seq) = seq {
             let mut log = Vec::new();
             io::Read::read_to_end(&mut &file, &mut log)?;
+            let mut end = 0;
             for payload in frames(&log, seq) {
                 replay(&mut inner, payload)?;
+                end += (HEADER + payload.len()) as u64;
             }
+            // The last batch begun in the engine has no frame where its marker says it goes.
+            if marker.is_some_and(|(s, at)| s == seq && at >= end) {
+                unlogged = true;
+            }
+        }
+        // After replay, which may have logged its removal.
+        unlogged |= inner.get(UNLOGGED_KEY)?.is_some();
+        if unlogged {
+            // Durable with the checkpoint below, so a crash before the layer above has
+            // counted again does not lose the knowledge.
+            inner.put(UNLOGGED_KEY, b"1")?;
         }
         let mut wal = Wal {
             inner,
@@ -213,6 +251,8 @@ impl<E: Engine> Wal<E> {
             offset: 0,
             size: size.max(SEGMENT_BYTES),
             pending: vec![0; HEADER],
+            batch_marked: false,
+            unlogged,
         };
         if size < SEGMENT_BYTES {
             zero_fill(&wal.file, size, SEGMENT_BYTES)?;
@@ -237,6 +277,19 @@ impl<E: Engine> Wal<E> {
         write_atomic(&self.dir, "wal-seq", (self.seq + 1).to_string().as_bytes())?;
         self.seq += 1;
         self.offset = 0;
+        self.batch_marked = false;
+        Ok(())
+    }
+
+    /// Puts [`BATCH_KEY`] before the first write of a batch to the engine.
+    fn mark_batch(&mut self) -> io::Result<()> {
+        if !self.batch_marked {
+            let mut at = [0; 16];
+            at[..8].copy_from_slice(&self.seq.to_le_bytes());
+            at[8..].copy_from_slice(&self.offset.to_le_bytes());
+            self.inner.put(BATCH_KEY, &at)?;
+            self.batch_marked = true;
+        }
         Ok(())
     }
 
@@ -258,11 +311,13 @@ impl<E: Engine> Engine for Wal<E> {
         self.inner.get_head(key)
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.mark_batch()?;
         self.inner.put(key, value)?;
         self.log_put(key, value);
         Ok(())
     }
     fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
+        self.mark_batch()?;
         let done = self.inner.put_unless(key, value, keep)?;
         if let Put::Replaced(_) = done {
             self.log_put(key, value);
@@ -270,6 +325,7 @@ impl<E: Engine> Engine for Wal<E> {
         Ok(done)
     }
     fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+        self.mark_batch()?;
         self.inner.delete(key)?;
         self.pending.push(DELETE);
         self.pending.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -300,6 +356,7 @@ impl<E: Engine> Engine for Wal<E> {
         self.file.sync_data()?;
         self.offset += need;
         self.pending.truncate(HEADER);
+        self.batch_marked = false;
         Ok(())
     }
     /// A checkpoint, so that the next open has nothing to replay, then the engine's close.
@@ -313,6 +370,16 @@ impl<E: Engine> Engine for Wal<E> {
     }
     fn wants_sync(&self) -> bool {
         self.inner.wants_sync()
+    }
+    fn holds_unlogged_writes(&self) -> bool {
+        self.unlogged
+    }
+    fn forget_unlogged_writes(&mut self) -> io::Result<()> {
+        if self.unlogged {
+            self.delete(UNLOGGED_KEY)?;
+            self.unlogged = false;
+        }
+        Ok(())
     }
 }
 
@@ -542,6 +609,40 @@ mod tests {
         // Open leaves the log and the engine agreeing: a second crash and open changes nothing.
         let wal = Wal::open(engine.crash(), dir.path()).unwrap();
         assert_eq!((wal.get(b"a").unwrap(), wal.get(b"b").unwrap()), got);
+    }
+
+    /// The engine says it may hold writes no frame covers exactly when it kept part of a batch
+    /// whose frame never became durable, and keeps saying so across crashes until told to
+    /// forget it.
+    #[test]
+    fn writes_of_an_unframed_batch_in_the_engine_are_reported_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        wal.put(b"b", b"unframed").unwrap();
+        // Killed: the engine lost what it had not written (nothing of the batch).
+        let crashed = wal.inner.crash();
+        drop(wal);
+        assert!(!Wal::open(crashed, dir.path()).unwrap().holds_unlogged_writes(), "nothing of the batch was kept");
+        let mut wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        wal.put(b"a", b"2").unwrap();
+        wal.sync().unwrap();
+        wal.put(b"c", b"unframed").unwrap();
+        // Killed after the engine wrote everything it was given.
+        *engine.durable.lock().unwrap() = wal.inner.live.clone();
+        drop(wal);
+        let wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert!(wal.holds_unlogged_writes());
+        assert_eq!(wal.get(b"c").unwrap(), Some(b"unframed".to_vec()));
+        drop(wal);
+        let mut wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert!(wal.holds_unlogged_writes(), "forgotten by a crash");
+        wal.forget_unlogged_writes().unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        assert!(!Wal::open(engine.crash(), dir.path()).unwrap().holds_unlogged_writes());
     }
 
     /// An engine two checkpoints ahead of `wal-seq` does not come from any crash: refused.

@@ -41,8 +41,10 @@
 //!   removes every other one (a crash's leftovers). An index entry whose record a crash lost is
 //!   dropped, and its file removed, when the recount finishes.
 //!
-//! A database without `counters` (one written before counters existed, or one never synced)
-//! is counted by a full scan at open, which also writes the metadata.
+//! A database without `counters` (one written before counters existed, or one never synced),
+//! or whose engine says it may hold writes of a batch that was never made durable mixed with
+//! older state ([`Engine::holds_unlogged_writes`]: then the property above does not hold), is
+//! counted by a full scan at open, which also writes the metadata.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -173,7 +175,12 @@ impl<E: Engine> Node<E> {
         if let Some(v) = node.engine.get(&meta_key(VERSION_CEILING))? {
             node.version_ceiling = decode_u64(&v, "version ceiling")?;
         }
-        let Some(counters) = node.engine.get(&meta_key(COUNTERS))? else {
+        // Counters derived from a state that is not a prefix of the writes are not trusted.
+        let counters = match node.engine.holds_unlogged_writes() {
+            true => None,
+            false => node.engine.get(&meta_key(COUNTERS))?,
+        };
+        let Some(counters) = counters else {
             node.count_all()?;
             // Never below the recorded version, even when the record that had it was dropped
             // since: the mark only grows.
@@ -220,7 +227,8 @@ impl<E: Engine> Node<E> {
         }
         let indexed = self.file_index()?;
         let dirty = self.engine.get(&meta_key(DIRTY))?.is_some();
-        if records > 0 || dirty || !indexed.is_empty() {
+        let unlogged = self.engine.holds_unlogged_writes();
+        if records > 0 || dirty || unlogged || !indexed.is_empty() {
             for seq in indexed.keys().filter(|s| !files.contains_key(s)) {
                 self.engine.delete(&file_key(*seq))?;
             }
@@ -229,6 +237,7 @@ impl<E: Engine> Node<E> {
             }
             self.raise_ceiling(self.max_version)?;
             self.write_counters()?;
+            self.engine.forget_unlogged_writes()?;
             self.engine.sync()?;
         }
         self.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])
@@ -845,6 +854,40 @@ mod tests {
             let n = Node::open(engine, dir.path(), 8).unwrap();
             assert_eq!((n.live_keys(), n.max_version()), (live, max), "reopened after the recount");
             assert_eq!(n.engine.data_scanned.get(), 0);
+        }
+    }
+
+    /// Issue 27, defect 1: the append log writes its buffer to its segment in the middle of a
+    /// batch, and the write-ahead log frames the batch only at its sync. Killed in between, the
+    /// engine holds part of a batch the log never framed; replaying the previous batch (which
+    /// ends with the delete of `dirty`) used to remove the killed batch's `dirty` mark while its
+    /// records stayed, and open trusted counters that missed them.
+    #[test]
+    fn a_batch_killed_after_the_append_log_wrote_part_of_it_leaves_exact_counters() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::wal::Wal;
+        let dir = tempfile::tempdir().unwrap();
+        let open = |dir: &Path| {
+            let engine = Wal::open(AppendLog::open_shaped(dir, Shape::default()).unwrap(), dir).unwrap();
+            Node::open(engine, dir, 8).unwrap()
+        };
+        let mut n = open(dir.path());
+        n.put(b"first", &rec(1, Some("v"))).unwrap();
+        n.sync().unwrap();
+        for i in 0..400u32 {
+            n.put(&i.to_be_bytes(), &Record { version: 10 + u64::from(i), value: Some(vec![7; 4000]) }).unwrap();
+        }
+        drop(n);
+        for reopen in 0..2 {
+            let mut n = open(dir.path());
+            let (live, max) = truth(&n.engine);
+            assert!(live > 1, "the test needs part of the killed batch in the engine");
+            assert_eq!(n.live_keys(), live, "open {reopen}: live keys against a count of the records");
+            assert!(n.max_version() >= max, "open {reopen}: highest version {} < {max}", n.max_version());
+            n.sync().unwrap();
+            assert_eq!(n.live_keys(), live);
+            // Killed again before anything else: the second open must know as much.
+            drop(n);
         }
     }
 
