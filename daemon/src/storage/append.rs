@@ -80,7 +80,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Head, Put, HEAD};
+use super::{fsio, Engine, Head, Put, HEAD};
 
 /// A new segment is started once the current one holds this many bytes.
 ///
@@ -621,13 +621,15 @@ impl AppendLog {
         }
         if !self.segments.contains_key(&self.active) {
             self.seal()?;
-            let file =
-                OpenOptions::new().read(true).write(true).create_new(true).open(self.segment_path(self.active))?;
+            let file = fsio::create(
+                OpenOptions::new().read(true).write(true).create_new(true),
+                &self.segment_path(self.active),
+            )?;
             self.segments.insert(self.active, Segment { file, len: 0 });
             self.dir_dirty = true;
         }
         let seg = self.segments.get_mut(&self.active).expect("just inserted");
-        seg.file.write_all_at(&self.buf, seg.len)?;
+        fsio::write_at(&seg.file, &self.buf, seg.len)?;
         seg.len += self.buf.len() as u64;
         self.buf.clear();
         if self.unsynced.last() != Some(&self.active) {
@@ -643,13 +645,13 @@ impl AppendLog {
     fn seal(&mut self) -> io::Result<()> {
         for &n in &self.unsynced {
             if let Some(seg) = self.segments.get(&n) {
-                seg.file.sync_data()?;
+                fsio::sync_data(&seg.file)?;
                 note_durable(&self.segment_path(n), seg.len);
             }
         }
         self.unsynced.clear();
         if self.dir_dirty {
-            File::open(&self.dir)?.sync_all()?;
+            fsio::sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
         Ok(())
@@ -913,8 +915,8 @@ impl AppendLog {
         // dropped.
         for m in later {
             let file = OpenOptions::new().read(true).write(true).open(self.segment_path(m))?;
-            file.set_len(0)?;
-            file.sync_all()?;
+            fsio::set_len(&file, 0)?;
+            fsio::sync_all(&file)?;
             note_durable(&self.segment_path(m), 0);
             self.segments.insert(m, Segment { file, len: 0 });
         }
@@ -923,8 +925,8 @@ impl AppendLog {
             return Err(io::Error::other("simulated crash between the steps of the cut"));
         }
         let seg = &self.segments[&n].file;
-        seg.set_len(valid)?;
-        seg.sync_all()?;
+        fsio::set_len(seg, valid)?;
+        fsio::sync_all(seg)?;
         note_durable(&self.segment_path(n), valid);
         self.cut = None;
         Ok(())
@@ -990,7 +992,7 @@ impl Engine for AppendLog {
             // Stale once this log is written to, and as large as a tenth of it; removed here
             // rather than by `open`, so a database refused as damaged is set aside as it was.
             for name in [INDEX, INDEX_TMP] {
-                match fs::remove_file(self.dir.join(name)) {
+                match fsio::remove_file(&self.dir.join(name)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
@@ -1004,11 +1006,11 @@ impl Engine for AppendLog {
         // delete records (see the module doc).
         self.compacted.sort_unstable();
         while let Some(&n) = self.compacted.first() {
-            match fs::remove_file(self.segment_path(n)) {
+            match fsio::remove_file(&self.segment_path(n)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            File::open(&self.dir)?.sync_all()?;
+            fsio::sync_dir(&self.dir)?;
             self.compacted.remove(0);
         }
         Ok(())

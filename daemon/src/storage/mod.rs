@@ -8,6 +8,7 @@
 //! by every engine. One conformance suite ([`tests`]) runs against each engine.
 
 pub mod append;
+pub mod fsio;
 #[cfg(test)]
 pub mod memory;
 pub mod sled;

@@ -46,11 +46,10 @@
 //! key | value` (put) or `2 | klen u32 | key` (delete).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Entry, Head, Put};
+use super::{fsio, Engine, Entry, Head, Put};
 
 /// Size of the log file. A checkpoint comes every this many bytes of log.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -99,11 +98,11 @@ fn check(seq: u64, payload: &[u8]) -> [u8; 8] {
 /// Replaces `path`'s content durably: write a temporary file, fsync, rename, fsync the dir.
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    let f = fsio::create(OpenOptions::new().write(true).create(true).truncate(true), &tmp)?;
+    fsio::write_at(&f, data, 0)?;
+    fsio::sync_all(&f)?;
+    fsio::rename(&tmp, &dir.join(name))?;
+    fsio::sync_dir(dir)
 }
 
 /// Grows `file` to `size` with zeros written for real (not a hole, not an unwritten extent),
@@ -113,10 +112,10 @@ fn zero_fill(file: &File, from: u64, size: u64) -> io::Result<()> {
     let mut at = from;
     while at < size {
         let n = (size - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
+        fsio::write_at(file, &zeros[..n], at)?;
         at += n as u64;
     }
-    file.sync_all()
+    fsio::sync_all(file)
 }
 
 /// The operations of the frames of segment `seq` at the start of `log`, in order.
@@ -173,7 +172,13 @@ fn replay<E: Engine>(inner: &mut E, payload: &[u8]) -> io::Result<()> {
 impl<E: Engine> Wal<E> {
     /// Opens the log in `dir` over `inner` (which holds what the last checkpoint made durable,
     /// and perhaps more), replays it, and checkpoints.
-    pub fn open(mut inner: E, dir: &Path) -> io::Result<Wal<E>> {
+    pub fn open(inner: E, dir: &Path) -> io::Result<Wal<E>> {
+        Wal::open_sized(inner, dir, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with a log file of `bytes` instead of [`SEGMENT_BYTES`] (tests that
+    /// checkpoint often, or rebuild the files as a crash leaves them, use a small one).
+    pub fn open_sized(mut inner: E, dir: &Path, bytes: u64) -> io::Result<Wal<E>> {
         let seq_file = dir.join("wal-seq");
         let seq = match std::fs::read_to_string(&seq_file) {
             Ok(s) => Some(s.trim().parse::<u64>().map_err(|_| corrupt(format!("{} is corrupt", seq_file.display())))?),
@@ -186,10 +191,10 @@ impl<E: Engine> Wal<E> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Created whole before its name appears, so a `wal` is always fully allocated.
                 let tmp = dir.join("wal.tmp");
-                let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-                zero_fill(&f, 0, SEGMENT_BYTES)?;
-                std::fs::rename(&tmp, &path)?;
-                File::open(dir)?.sync_all()?;
+                let f = fsio::create(OpenOptions::new().read(true).write(true).create(true).truncate(true), &tmp)?;
+                zero_fill(&f, 0, bytes)?;
+                fsio::rename(&tmp, &path)?;
+                fsio::sync_dir(dir)?;
                 f
             }
             Err(e) => return Err(e),
@@ -249,13 +254,13 @@ impl<E: Engine> Wal<E> {
             dir: dir.to_path_buf(),
             seq: stored,
             offset: 0,
-            size: size.max(SEGMENT_BYTES),
+            size: size.max(bytes),
             pending: vec![0; HEADER],
             batch_marked: false,
             unlogged,
         };
-        if size < SEGMENT_BYTES {
-            zero_fill(&wal.file, size, SEGMENT_BYTES)?;
+        if size < bytes {
+            zero_fill(&wal.file, size, bytes)?;
         }
         wal.checkpoint()?;
         Ok(wal)
@@ -352,8 +357,8 @@ impl<E: Engine> Engine for Wal<E> {
         self.pending[..4].copy_from_slice(&(len as u32).to_le_bytes());
         self.pending[4..12].copy_from_slice(&self.seq.to_le_bytes());
         self.pending[12..HEADER].copy_from_slice(&check);
-        self.file.write_all_at(&self.pending, self.offset)?;
-        self.file.sync_data()?;
+        fsio::write_at(&self.file, &self.pending, self.offset)?;
+        fsio::sync_data(&self.file)?;
         self.offset += need;
         self.pending.truncate(HEADER);
         self.batch_marked = false;
@@ -387,6 +392,7 @@ impl<E: Engine> Engine for Wal<E> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::os::unix::fs::FileExt;
     use std::sync::{Arc, Mutex};
 
     /// An engine that keeps only what its last `sync` covered when it "crashes", plus a

@@ -617,9 +617,9 @@ impl<E: Engine> Node<E> {
         self.sync_or_close(true)
     }
 
-    /// Makes every earlier write durable: new value files' names first, then the engine (and so
-    /// the pointers to them, and the counters); only then are the files of replaced records
-    /// unlinked. A running recount takes one step here.
+    /// Makes every earlier write durable: the engine (and so the pointers to value files, whose
+    /// names [`ValueFiles::write`] made durable, and the counters); only then are the files of
+    /// replaced records unlinked. A running recount takes one step here.
     pub fn sync(&mut self) -> io::Result<()> {
         self.sync_or_close(false)
     }
@@ -638,7 +638,6 @@ impl<E: Engine> Node<E> {
         if newer {
             self.engine.put(&meta_key(DURABLE_VERSION.as_bytes()), &self.max_version.to_be_bytes())?;
         }
-        self.values.sync_dir()?;
         if close {
             self.engine.close()?;
         } else {
@@ -648,8 +647,7 @@ impl<E: Engine> Node<E> {
             self.dirty = false;
         }
         if newer {
-            use std::os::unix::fs::FileExt;
-            self.mark.write_all_at(&self.max_version.to_be_bytes(), 0)?;
+            crate::storage::fsio::write_at(&self.mark, &self.max_version.to_be_bytes(), 0)?;
             self.marked = self.max_version;
         }
         self.values.remove_replaced()
@@ -889,6 +887,54 @@ mod tests {
             // Killed again before anything else: the second open must know as much.
             drop(n);
         }
+    }
+
+    /// Issue 27, defect 3: a value file's name must be durable before any engine write that
+    /// could carry a pointer to it reaches the disk. The append log writes (and, starting a
+    /// segment, fdatasyncs) its buffer in the middle of a batch, long before the batch's sync;
+    /// a power cut then left a durable pointer to a file whose name was lost, and the node was
+    /// refused as damaged, on every replica at once.
+    #[test]
+    fn a_value_file_s_name_is_durable_before_the_engine_writes_anything_more() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::fsio::tap::{self, Event, Tap};
+        use crate::storage::wal::Wal;
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Shape { segment_bytes: 4096, rebuild_min: 16 };
+        let engine = Wal::open(AppendLog::open_shaped(dir.path(), shape).unwrap(), dir.path()).unwrap();
+        let mut n = Node::open(engine, dir.path(), 8).unwrap();
+        n.put(b"first", &rec(1, Some("v"))).unwrap();
+        n.sync().unwrap();
+        tap::start(Tap::default());
+        n.put(b"big", &big(2, 1)).unwrap();
+        for i in 0..40u32 {
+            n.put(&i.to_be_bytes(), &rec(10 + u64::from(i), Some(&"x".repeat(300)))).unwrap();
+        }
+        n.sync().unwrap();
+        let events = tap::stop().unwrap().events;
+        let values = dir.path().join("values");
+        let (created, ino) = events
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| match e {
+                Event::Create { path, ino } if path.parent() == Some(values.as_path()) => Some((i, *ino)),
+                _ => None,
+            })
+            .expect("a value file was created");
+        let named = events[created..]
+            .iter()
+            .position(|e| matches!(e, Event::SyncDir { path } if *path == values))
+            .expect("values/ was synced");
+        let before = &events[created + 1..created + named];
+        let other = before.iter().find(|e| match e {
+            Event::Write { ino: i, .. } | Event::Sync { ino: i } | Event::SetLen { ino: i, .. } => *i != ino,
+            _ => true,
+        });
+        let what = other.map(|e| match e {
+            Event::Write { ino, at, data } => format!("{} bytes at {at} of inode {ino}", data.len()),
+            e => format!("{e:?}"),
+        });
+        assert!(other.is_none(), "before the value file's name was durable: {what:?}");
     }
 
     #[test]
