@@ -937,6 +937,41 @@ mod tests {
         assert!(other.is_none(), "before the value file's name was durable: {what:?}");
     }
 
+    /// Issue 27, defect 6 ("fsyncgate"): after a failed fsync the kernel may mark the pages it
+    /// could not write clean, and a later read (by the next worker too) shows data that never
+    /// reached the disk. A failed sync is therefore a damaged database: the worker stops with
+    /// that status and chd rebuilds the node from its peers, instead of an I/O error after
+    /// which the next worker trusts the page cache. Every engine, every kind of file.
+    #[test]
+    fn a_failed_sync_is_a_damaged_database_not_an_io_error() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::fsio::tap::{self, Tap};
+        use crate::storage::wal::Wal;
+        use crate::worker::{classify, Failure};
+        type Open = fn(&Path) -> Box<dyn Engine>;
+        let opens: [(&str, Open); 2] = [
+            ("append", |d| Box::new(Wal::open(AppendLog::open_shaped(d, Shape::default()).unwrap(), d).unwrap())),
+            ("sled", |d| Box::new(Wal::open(SledEngine::open_waiting(d), d).unwrap())),
+        ];
+        for (name, open) in opens {
+            for large in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut n = Node::open(open(dir.path()), dir.path(), 8).unwrap();
+                n.put(b"k", &rec(1, Some("v"))).unwrap();
+                n.sync().unwrap();
+                tap::start(Tap { fail_syncs: true, ..Tap::default() });
+                let failed = match large {
+                    // The value file's own sync.
+                    true => n.put(b"big", &big(2, 1)).map(|_| ()),
+                    false => n.put(b"k", &rec(2, Some("w"))).and_then(|_| n.sync()),
+                };
+                tap::stop();
+                let e = failed.expect_err("the sync was made to fail");
+                assert_eq!(classify(&e), Failure::BadDatabase, "{name}, large value {large}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn a_recount_stays_exact_under_writes_on_both_sides_of_its_cursor() {
         let dir = tempfile::tempdir().unwrap();
