@@ -670,6 +670,9 @@ fn read_mark(file: &std::fs::File) -> io::Result<u64> {
 }
 
 #[cfg(test)]
+mod crash;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
@@ -793,7 +796,7 @@ mod tests {
     }
 
     /// (live keys, highest version) counted from the records themselves.
-    fn truth(e: &impl Engine) -> (u64, u64) {
+    pub(super) fn truth(e: &impl Engine) -> (u64, u64) {
         e.scan(&[], &META, usize::MAX).unwrap().iter().fold((0, 0), |(live, max), (_, v)| {
             let r = decode(v).unwrap();
             (live + u64::from(!r.is_tombstone()), max.max(r.version()))

@@ -1,0 +1,382 @@
+//! The whole storage stack of a node (`Node`, the write-ahead log, the append log, value files)
+//! crashed at every write and sync it makes, on a simulated disk.
+//!
+//! A seeded workload of batches (puts of small and large values, deletes, each batch synced)
+//! runs once on real files while [`tap`] records every durable-state operation. The state of
+//! the disk after any prefix of those operations is then known: per file, the bytes last
+//! synced and the pages written since; per directory, the names last synced and the creates,
+//! renames and unlinks since. At each crash point a plausible power cut is drawn from that
+//! state and written to a fresh directory: each file keeps a random subset of its unsynced
+//! pages (one of them torn at a 512-byte sector), a random size between its synced and its
+//! written one, and each directory a random prefix of its unsynced changes; or, one time in
+//! four, a killed process (every write kept). The stack is opened on it and must:
+//! - open (every such state is a database an intact disk can hold: refusing it is a bug);
+//! - hold, for every key, the last write of the last acknowledged batch that touched it, or
+//!   a later write issued before the crash;
+//! - count, in its counters, exactly what a recount of the records finds, and report a
+//!   highest version no lower than any stored one.
+//!
+//! `CHD_CRASH_POINTS` (default 100000) sets how many crash points a run checks,
+//! `CHD_CRASH_SEED` the first workload's seed (printed; default from the clock), so a failure
+//! can be repeated with the seed and the crash point it names.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use chd_data::Record;
+
+use super::*;
+use crate::storage::append::{AppendLog, Shape};
+use crate::storage::fsio::tap::{self, Event, Tap};
+use crate::storage::wal::Wal;
+
+const PAGE: usize = 4096;
+const SECTOR: usize = 512;
+const WAL_BYTES: u64 = 16 << 10;
+const SHAPE: Shape = Shape { segment_bytes: 4096, rebuild_min: 16 };
+const PARTITIONS: u32 = 4;
+const KEYS: u64 = 24;
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    /// splitmix64.
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+#[derive(Clone, Default)]
+struct Inode {
+    /// Every byte written.
+    now: Vec<u8>,
+    /// What the last sync made durable.
+    synced: Vec<u8>,
+    /// Pages written (or cut) since the last sync.
+    dirty: BTreeSet<usize>,
+}
+
+impl Inode {
+    /// The file as a power cut may leave it.
+    fn after_cut(&self, rng: &mut Rng) -> Vec<u8> {
+        if self.dirty.is_empty() && self.now.len() == self.synced.len() {
+            return self.synced.clone();
+        }
+        let len = if rng.coin() { self.now.len() } else { self.synced.len() };
+        let mut out = self.synced.clone();
+        out.resize(len, 0);
+        let pages: Vec<usize> = self.dirty.iter().copied().collect();
+        let torn = pages.get(rng.below(pages.len() as u64) as usize).copied();
+        for p in pages {
+            if !rng.coin() {
+                continue;
+            }
+            let from = p * PAGE;
+            let mut to = ((p + 1) * PAGE).min(len).min(self.now.len());
+            if Some(p) == torn && to > from {
+                to = (from + SECTOR * rng.below(((to - from) / SECTOR + 1) as u64) as usize).min(to);
+            }
+            if from < to {
+                out[from..to].copy_from_slice(&self.now[from..to]);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone)]
+enum DirOp {
+    Link(String, usize),
+    Unlink(String),
+    Rename(String, String),
+}
+
+#[derive(Clone, Default)]
+struct Dir {
+    synced: BTreeMap<String, usize>,
+    since: Vec<DirOp>,
+}
+
+impl Dir {
+    fn entries(&self, keep: usize) -> BTreeMap<String, usize> {
+        let mut names = self.synced.clone();
+        for op in &self.since[..keep] {
+            match op {
+                DirOp::Link(name, ino) => {
+                    names.insert(name.clone(), *ino);
+                }
+                DirOp::Unlink(name) => {
+                    names.remove(name);
+                }
+                DirOp::Rename(from, to) => {
+                    if let Some(ino) = names.remove(from) {
+                        names.insert(to.clone(), ino);
+                    }
+                }
+            }
+        }
+        names
+    }
+}
+
+/// The simulated disk under one directory tree.
+#[derive(Clone)]
+struct Disk {
+    root: PathBuf,
+    inodes: Vec<Inode>,
+    dirs: BTreeMap<PathBuf, Dir>,
+    /// Real inode number -> simulated inode, for the files written through descriptors.
+    real: HashMap<u64, usize>,
+}
+
+impl Disk {
+    /// Everything under `root` as it is now, all of it durable.
+    fn snapshot(root: &Path) -> Disk {
+        use std::os::unix::fs::MetadataExt;
+        let mut disk =
+            Disk { root: root.to_path_buf(), inodes: Vec::new(), dirs: BTreeMap::new(), real: HashMap::new() };
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            let mut dir = Dir::default();
+            for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(rel.join(&name));
+                    continue;
+                }
+                let content = std::fs::read(e.path()).unwrap();
+                disk.inodes.push(Inode { now: content.clone(), synced: content, dirty: BTreeSet::new() });
+                disk.real.insert(e.metadata().unwrap().ino(), disk.inodes.len() - 1);
+                dir.synced.insert(name, disk.inodes.len() - 1);
+            }
+            disk.dirs.insert(rel, dir);
+        }
+        disk
+    }
+
+    fn split(&self, path: &Path) -> (PathBuf, String) {
+        let rel = path.strip_prefix(&self.root).expect("a path under the root");
+        (rel.parent().unwrap().to_path_buf(), rel.file_name().unwrap().to_str().unwrap().to_string())
+    }
+
+    fn apply(&mut self, e: &Event) {
+        match e {
+            Event::Create { path, ino } => {
+                self.inodes.push(Inode::default());
+                let id = self.inodes.len() - 1;
+                self.real.insert(*ino, id);
+                let (dir, name) = self.split(path);
+                self.dirs.get_mut(&dir).expect("a known directory").since.push(DirOp::Link(name, id));
+            }
+            Event::Write { ino, at, data } => {
+                let Some(&id) = self.real.get(ino) else { return };
+                let f = &mut self.inodes[id];
+                let (at, end) = (*at as usize, *at as usize + data.len());
+                if f.now.len() < end {
+                    f.now.resize(end, 0);
+                }
+                f.now[at..end].copy_from_slice(data);
+                f.dirty.extend(at / PAGE..end.div_ceil(PAGE));
+            }
+            Event::SetLen { ino, len } => {
+                let Some(&id) = self.real.get(ino) else { return };
+                let f = &mut self.inodes[id];
+                let (a, b) = (f.now.len().min(*len as usize), f.now.len().max(*len as usize));
+                f.now.resize(*len as usize, 0);
+                f.dirty.extend(a / PAGE..b.div_ceil(PAGE).max(a / PAGE + 1));
+            }
+            Event::Sync { ino } => {
+                let Some(&id) = self.real.get(ino) else { return };
+                let f = &mut self.inodes[id];
+                f.synced = f.now.clone();
+                f.dirty.clear();
+            }
+            Event::SyncDir { path } => {
+                let rel = path.strip_prefix(&self.root).unwrap().to_path_buf();
+                let dir = self.dirs.get_mut(&rel).expect("a known directory");
+                dir.synced = dir.entries(dir.since.len());
+                dir.since.clear();
+            }
+            Event::Rename { from, to } => {
+                let ((dir, a), (_, b)) = (self.split(from), self.split(to));
+                self.dirs.get_mut(&dir).expect("a known directory").since.push(DirOp::Rename(a, b));
+            }
+            Event::Remove { path } => {
+                let (dir, name) = self.split(path);
+                self.dirs.get_mut(&dir).expect("a known directory").since.push(DirOp::Unlink(name));
+            }
+        }
+    }
+
+    /// Writes to `to` the files as a crash now may leave them: a power cut, or (`killed`) a
+    /// killed process, whose writes all stay in the page cache.
+    fn crash_into(&self, to: &Path, killed: bool, rng: &mut Rng) {
+        for (rel, dir) in &self.dirs {
+            let keep = if killed { dir.since.len() } else { rng.below(dir.since.len() as u64 + 1) as usize };
+            std::fs::create_dir_all(to.join(rel)).unwrap();
+            for (name, &ino) in &dir.entries(keep) {
+                let f = &self.inodes[ino];
+                let bytes = if killed { f.now.clone() } else { f.after_cut(rng) };
+                std::fs::write(to.join(rel).join(name), bytes).unwrap();
+            }
+        }
+    }
+}
+
+type Stack = Node<Wal<AppendLog>>;
+
+fn open(dir: &Path) -> io::Result<Stack> {
+    let engine = Wal::open_sized(AppendLog::open_shaped(dir, SHAPE)?, dir, WAL_BYTES)?;
+    Node::open(engine, dir, PARTITIONS)
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:02}").into_bytes()
+}
+
+/// One workload: its recorded operations and what it wrote and when.
+struct Run {
+    seed: u64,
+    _root: tempfile::TempDir,
+    start: Disk,
+    events: Vec<Event>,
+    /// Per write: (event index at which it was issued, batch, key, record).
+    writes: Vec<(usize, usize, u64, Record)>,
+    /// Event index at which each batch's sync had returned.
+    acks: Vec<usize>,
+    /// The records after each acknowledged batch (index 0: before any).
+    states: Vec<BTreeMap<u64, Record>>,
+}
+
+fn shm() -> tempfile::TempDir {
+    // tmpfs when there is one: the checks write and sync thousands of small files.
+    tempfile::Builder::new().tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
+}
+
+fn run(seed: u64, batches: usize) -> Run {
+    let mut rng = Rng::new(seed);
+    let root = shm();
+    let mut node = open(root.path()).unwrap();
+    let start = Disk::snapshot(root.path());
+    tap::start(Tap::default());
+    let (mut writes, mut acks, mut states) = (Vec::new(), Vec::new(), vec![BTreeMap::new()]);
+    let mut state = BTreeMap::new();
+    let mut version = 0;
+    for batch in 0..batches {
+        for _ in 0..1 + rng.below(8) {
+            let k = rng.below(KEYS);
+            version += 1;
+            let value = match rng.below(10) {
+                0..=1 => None,
+                2 => Some(vec![version as u8; 4500 + rng.below(6000) as usize]),
+                _ => Some(vec![version as u8; rng.below(400) as usize]),
+            };
+            let record = Record { version, value };
+            writes.push((tap::len(), batch, k, record.clone()));
+            node.put(&key(k), &record).unwrap();
+            state.insert(k, record);
+        }
+        node.sync().unwrap();
+        acks.push(tap::len());
+        states.push(state.clone());
+    }
+    let events = tap::stop().unwrap().events;
+    drop(node);
+    Run { seed, _root: root, start, events, writes, acks, states }
+}
+
+/// Opens the stack after a crash at event `at` (drawn with `rng`) and checks it; `Err` says why.
+fn check(run: &Run, disk: &Disk, at: usize, rng: &mut Rng) -> Result<(), String> {
+    let killed = rng.below(4) == 0;
+    let dir = shm();
+    disk.crash_into(dir.path(), killed, rng);
+    let how = if killed { "kill" } else { "power cut" };
+    let mut node = open(dir.path()).map_err(|e| format!("{how}: an intact database was refused: {e}"))?;
+    let acked = run.acks.partition_point(|&a| a <= at);
+    let durable = &run.states[acked];
+    let mut stored_max = 0;
+    for k in 0..KEYS {
+        let got = node.get(&key(k)).map_err(|e| format!("{how}: key {k}: {e}"))?;
+        let later: Vec<&Record> =
+            run.writes.iter().filter(|w| w.1 == acked && w.0 < at && w.2 == k).map(|w| &w.3).collect();
+        let ok = match &got {
+            None => durable.get(&k).is_none(),
+            Some(r) => durable.get(&k) == Some(r) || later.contains(&r),
+        };
+        if !ok {
+            let v = |r: Option<&Record>| r.map(|r| (r.version, r.value.as_ref().map(Vec::len)));
+            return Err(format!(
+                "{how}: key {k} holds {:?}; acknowledged {:?}, issued since {:?}",
+                v(got.as_ref()),
+                v(durable.get(&k)),
+                later.iter().map(|r| v(Some(r))).collect::<Vec<_>>()
+            ));
+        }
+        stored_max = stored_max.max(got.map_or(0, |r| r.version));
+    }
+    let (live, max) = super::tests::truth(&node.engine);
+    if node.max_version() < max.max(stored_max) {
+        return Err(format!("{how}: highest version {} below a stored {max}", node.max_version()));
+    }
+    if !node.dirty && node.live_keys() != live {
+        return Err(format!("{how}: counters trusted at open say {} live keys, the records {live}", node.live_keys()));
+    }
+    for _ in 0..100 {
+        if !node.dirty {
+            break;
+        }
+        node.sync().map_err(|e| format!("{how}: sync after open: {e}"))?;
+    }
+    if node.live_keys() != live {
+        return Err(format!("{how}: {} live keys after the recount, the records {live}", node.live_keys()));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_crash_point_of_the_whole_stack_keeps_acknowledged_writes_and_exact_counters() {
+    let points: usize = std::env::var("CHD_CRASH_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let first: u64 = std::env::var("CHD_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000
+    });
+    println!("whole-stack crash test: CHD_CRASH_SEED={first} CHD_CRASH_POINTS={points}");
+    let started = std::time::Instant::now();
+    let (mut checked, mut seed, mut runs) = (0, first, 0);
+    while checked < points {
+        let run = run(seed, 60);
+        let mut disk = run.start.clone();
+        for at in 0..=run.events.len() {
+            if checked >= points {
+                break;
+            }
+            if at > 0 {
+                disk.apply(&run.events[at - 1]);
+            }
+            let mut rng = Rng::new(run.seed.wrapping_mul(1_000_003).wrapping_add(at as u64));
+            if let Err(why) = check(&run, &disk, at, &mut rng) {
+                panic!("CHD_CRASH_SEED={} crash point {at} of {}: {why}", run.seed, run.events.len());
+            }
+            checked += 1;
+        }
+        seed += 1;
+        runs += 1;
+    }
+    println!(
+        "whole-stack crash test: {checked} crash points in {runs} workloads (seeds {first}..{seed}), {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
