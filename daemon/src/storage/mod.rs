@@ -11,6 +11,10 @@ pub mod append;
 pub mod fsio;
 #[cfg(test)]
 pub mod memory;
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+pub mod sim;
 pub mod sled;
 pub mod wal;
 
