@@ -72,7 +72,8 @@ fn run(seed: u64, batches: usize) -> Run {
     for batch in 0..batches {
         for _ in 0..1 + rng.below(8) {
             let k = rng.below(KEYS);
-            version += 1;
+            // Now and then past the version ceiling, so that batches raise it.
+            version += if rng.below(16) == 0 { CEILING_STEP } else { 1 };
             let value = match rng.below(10) {
                 0..=1 => None,
                 2 => Some(vec![version as u8; 4500 + rng.below(6000) as usize]),
