@@ -33,8 +33,11 @@
 //! durable (that segment truncated, later ones removed) by the first `sync` after open, not
 //! by `open`: a database refused as damaged is set aside exactly as it was found.
 //! New records always go to a new segment, numbered above every file present. The later
-//! segments are removed (and that made durable) before the torn one is truncated: a crash in
+//! segments are emptied (and that made durable) before the torn one is truncated: a crash in
 //! between must leave the tear in place, or the later segments would be applied after it.
+//! They stay as empty files, so that no segment number is ever used twice (a record of an
+//! earlier segment of the same number would pass its crc) and the numbers on disk are
+//! contiguous: open refuses a log with a segment missing between two others as damaged.
 //!
 //! Start: recovery collects the records, sorts them by key (then place in the log), keeps each
 //! key's last one if it is a put, and builds the B-tree bottom-up from that, with full nodes.
@@ -77,7 +80,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Head, Put, HEAD};
+use super::{fsio, Engine, Head, Put, HEAD};
 
 /// A new segment is started once the current one holds this many bytes.
 ///
@@ -392,6 +395,17 @@ impl AppendLog {
             }
         }
         numbers.sort_unstable();
+        // Segments go only from the oldest end (compaction) and are added at the newest: a
+        // gap is a segment lost, whose deletes would let older puts come back.
+        if let Some(w) = numbers.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(corrupt(format!(
+                "{}: segment {} is missing (segments {} and {} are there)",
+                dir.display(),
+                w[0] + 1,
+                w[0],
+                w[1]
+            )));
+        }
         let mut log = AppendLog {
             dir,
             segment_bytes,
@@ -607,13 +621,15 @@ impl AppendLog {
         }
         if !self.segments.contains_key(&self.active) {
             self.seal()?;
-            let file =
-                OpenOptions::new().read(true).write(true).create_new(true).open(self.segment_path(self.active))?;
+            let file = fsio::create(
+                OpenOptions::new().read(true).write(true).create_new(true),
+                &self.segment_path(self.active),
+            )?;
             self.segments.insert(self.active, Segment { file, len: 0 });
             self.dir_dirty = true;
         }
         let seg = self.segments.get_mut(&self.active).expect("just inserted");
-        seg.file.write_all_at(&self.buf, seg.len)?;
+        fsio::write_at(&seg.file, &self.buf, seg.len)?;
         seg.len += self.buf.len() as u64;
         self.buf.clear();
         if self.unsynced.last() != Some(&self.active) {
@@ -629,13 +645,13 @@ impl AppendLog {
     fn seal(&mut self) -> io::Result<()> {
         for &n in &self.unsynced {
             if let Some(seg) = self.segments.get(&n) {
-                seg.file.sync_data()?;
+                fsio::sync_data(&seg.file)?;
                 note_durable(&self.segment_path(n), seg.len);
             }
         }
         self.unsynced.clear();
         if self.dir_dirty {
-            File::open(&self.dir)?.sync_all()?;
+            fsio::sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
         Ok(())
@@ -889,25 +905,28 @@ impl AppendLog {
         Some((entries.into_iter().collect(), lens))
     }
 
-    /// Makes the cut `open` found durable: the torn segment truncated, later ones removed.
+    /// Makes the cut `open` found durable: the torn segment truncated, later ones emptied.
+    /// The later ones stay as empty files (compaction removes them in turn, oldest first), so
+    /// their numbers are never handed out again and the numbers on disk stay contiguous.
     fn apply_cut(&mut self) -> io::Result<()> {
         let Some((n, valid, later)) = self.cut.clone() else { return Ok(()) };
         // The later segments first: once `n` is truncated it no longer ends the log, and a later
-        // segment still there would be applied after it, past the records the cut dropped.
+        // segment still holding records would be applied after it, past the records the cut
+        // dropped.
         for m in later {
-            match fs::remove_file(self.segment_path(m)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            let file = OpenOptions::new().read(true).write(true).open(self.segment_path(m))?;
+            fsio::set_len(&file, 0)?;
+            fsio::sync_all(&file)?;
+            note_durable(&self.segment_path(m), 0);
+            self.segments.insert(m, Segment { file, len: 0 });
         }
-        File::open(&self.dir)?.sync_all()?;
         #[cfg(test)]
         if tests::CRASH_IN_CUT.with(std::cell::Cell::get) {
             return Err(io::Error::other("simulated crash between the steps of the cut"));
         }
         let seg = &self.segments[&n].file;
-        seg.set_len(valid)?;
-        seg.sync_all()?;
+        fsio::set_len(seg, valid)?;
+        fsio::sync_all(seg)?;
         note_durable(&self.segment_path(n), valid);
         self.cut = None;
         Ok(())
@@ -973,7 +992,7 @@ impl Engine for AppendLog {
             // Stale once this log is written to, and as large as a tenth of it; removed here
             // rather than by `open`, so a database refused as damaged is set aside as it was.
             for name in [INDEX, INDEX_TMP] {
-                match fs::remove_file(self.dir.join(name)) {
+                match fsio::remove_file(&self.dir.join(name)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
@@ -987,11 +1006,11 @@ impl Engine for AppendLog {
         // delete records (see the module doc).
         self.compacted.sort_unstable();
         while let Some(&n) = self.compacted.first() {
-            match fs::remove_file(self.segment_path(n)) {
+            match fsio::remove_file(&self.segment_path(n)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            File::open(&self.dir)?.sync_all()?;
+            fsio::sync_dir(&self.dir)?;
             self.compacted.remove(0);
         }
         Ok(())
@@ -1530,6 +1549,79 @@ mod tests {
         let e = open(dir.path());
         let keys = |s: State| s.into_keys().map(|k| String::from_utf8_lossy(&k).into_owned()).collect::<Vec<_>>();
         assert_eq!(keys(state(&e)), keys(cut), "records past the tear came back after a crash during the cut");
+    }
+
+    /// Issue 27, defect 4: a segment missing between two others (lost by the filesystem, or
+    /// removed by hand) used to be skipped, so an older put came back from behind a delete
+    /// the missing segment held. It is damage: open refuses the log and says which is missing.
+    #[test]
+    fn a_missing_middle_segment_is_damage_not_a_shorter_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        e.put(b"k", &[1; 300]).unwrap();
+        for i in 0..12u32 {
+            e.put(format!("filler{i:02}").as_bytes(), &[2; 300]).unwrap();
+        }
+        e.sync().unwrap();
+        let before_delete = segment_files(dir.path()).last().unwrap().0;
+        e.delete(b"k").unwrap();
+        for i in 0..30u32 {
+            e.put(format!("later{i:02}").as_bytes(), &[3; 300]).unwrap();
+        }
+        e.sync().unwrap();
+        drop(e);
+        let files = segment_files(dir.path());
+        let holding_the_delete = files.iter().map(|f| f.0).find(|&n| n > before_delete).unwrap();
+        assert!(files.last().unwrap().0 > holding_the_delete, "the test needs a segment after the delete's");
+        fs::remove_file(dir.path().join("log").join(holding_the_delete.to_string())).unwrap();
+        match AppendLog::open_shaped(dir.path(), Shape { segment_bytes: SEG, rebuild_min: REBUILD_MIN }) {
+            Ok(e) => panic!("opened a log with segment {holding_the_delete} missing: k = {:?}", e.get(b"k").unwrap()),
+            Err(err) => {
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+                assert!(err.to_string().contains(&format!("segment {holding_the_delete} is missing")), "{err}");
+            }
+        }
+    }
+
+    /// Issue 27, defect 5: the records of a segment number used before could pass for records
+    /// of a new segment of that number (the crc covers the number, not the file). A cut cut
+    /// short after removing the segments past the tear used to let the next open hand their
+    /// numbers out again.
+    #[test]
+    fn segment_numbers_are_not_used_again_after_a_cut_that_was_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        for i in 0..8u32 {
+            e.put(format!("old{i:02}").as_bytes(), &[1; 300]).unwrap();
+        }
+        e.sync().unwrap();
+        for i in 0..30u32 {
+            e.put(format!("new{i:02}").as_bytes(), &[2; 300]).unwrap();
+        }
+        e.write_buffer().unwrap();
+        drop(e);
+        let files = segment_files(dir.path());
+        let (torn, len) = files[files.len() - 3];
+        let highest = files.last().unwrap().0;
+        let f = OpenOptions::new().write(true).open(dir.path().join("log").join(torn.to_string())).unwrap();
+        f.write_all_at(&[0; 8], len - 8).unwrap();
+        let mut e = open(dir.path());
+        CRASH_IN_CUT.with(|c| c.set(true));
+        let crashed = e.sync();
+        CRASH_IN_CUT.with(|c| c.set(false));
+        assert!(crashed.is_err());
+        drop(e);
+        let mut e = open(dir.path());
+        for i in 0..30u32 {
+            e.put(format!("after{i:02}").as_bytes(), &[3; 300]).unwrap();
+        }
+        e.sync().unwrap();
+        for (n, len) in segment_files(dir.path()) {
+            assert!(n <= torn || n > highest || len == 0, "segment number {n} was used again ({len} bytes)");
+        }
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(e.get(b"after29").unwrap(), Some(vec![3; 300]));
     }
 
     /// Between two syncs (the write-ahead log's checkpoints: every 8 MiB of its log) compacted

@@ -10,10 +10,15 @@
 pub mod append;
 #[cfg(feature = "fjall")]
 pub mod fjall;
+pub mod fsio;
 #[cfg(test)]
 pub mod memory;
+#[cfg(test)]
+mod model;
 #[cfg(feature = "redb")]
 pub mod redb;
+#[cfg(test)]
+pub mod sim;
 pub mod sled;
 pub mod wal;
 
@@ -93,6 +98,18 @@ pub trait Engine: Send {
     fn wants_sync(&self) -> bool {
         false
     }
+    /// Whether the engine may hold writes of a batch that never became durable mixed with
+    /// older state, so that it is not a prefix of its writes (see [`wal`]): whatever the layer
+    /// above derived from its records (counters) must then be counted again. Stays true, across
+    /// crashes too, until [`Engine::forget_unlogged_writes`] and the next sync.
+    fn holds_unlogged_writes(&self) -> bool {
+        false
+    }
+    /// The layer above has counted again: clears [`Engine::holds_unlogged_writes`], durably
+    /// at the next sync.
+    fn forget_unlogged_writes(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Engine for Box<dyn Engine> {
@@ -125,6 +142,12 @@ impl Engine for Box<dyn Engine> {
     }
     fn wants_sync(&self) -> bool {
         (**self).wants_sync()
+    }
+    fn holds_unlogged_writes(&self) -> bool {
+        (**self).holds_unlogged_writes()
+    }
+    fn forget_unlogged_writes(&mut self) -> io::Result<()> {
+        (**self).forget_unlogged_writes()
     }
 }
 

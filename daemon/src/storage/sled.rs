@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Entry};
+use super::{fsio, Engine, Entry};
 
 pub struct SledEngine {
     db: sled::Db,
@@ -120,7 +120,7 @@ impl SledEngine {
                 continue;
             }
             match File::open(entry.path()) {
-                Ok(f) => f.sync_data()?,
+                Ok(f) => fsio::sync_data(&f)?,
                 // sled removed a blob that a newer write replaced.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
@@ -128,7 +128,7 @@ impl SledEngine {
             newest = Some(newest.map_or(lsn, |n| n.max(lsn)));
         }
         if newest != self.blobs_synced {
-            File::open(&self.blobs)?.sync_all()?;
+            fsio::sync_dir(&self.blobs)?;
         }
         self.blobs_synced = newest.or(Some(i64::MIN));
         Ok(())
@@ -155,8 +155,12 @@ impl Engine for SledEngine {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.sync_blobs()?;
-        self.db.flush().map_err(io_err)?;
-        self.log.sync_data()
+        // sled's flush ends in its own sync of the log: an I/O error there is a failed sync.
+        self.db.flush().map_err(|e| match io_err(e) {
+            e if e.raw_os_error().is_some_and(|c| c != libc::ENOSPC && c != libc::EDQUOT) => fsio::sync_failed(e),
+            e => e,
+        })?;
+        fsio::sync_data(&self.log)
     }
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

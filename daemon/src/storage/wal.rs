@@ -16,29 +16,40 @@
 //! frame of the new segment.
 //!
 //! Recovery ([`Wal::open`]) replays the current segment's frames into the engine, in order,
-//! then checkpoints. Replay is safe whatever the engine kept of its unsynced writes: the log
-//! holds blind puts and deletes in the order they were made, starting at a point the engine
-//! had already made durable (the last checkpoint), so after replay every key holds the value
-//! of its last logged operation, or, if the segment never touched it, what the checkpoint
-//! made durable. Writes the engine kept that are in no synced frame may be undone; none of
-//! them was acknowledged, since a worker replies only after `sync`.
+//! then checkpoints. The log holds blind puts and deletes in the order they were made,
+//! starting at a point the engine had already made durable (the last checkpoint), so after
+//! replay every key the segment touched holds the value of its last logged operation. The
+//! engine may also hold writes of a batch whose frame never became durable (an engine writes
+//! its buffers when it likes: the append log does so in the middle of a batch); replay leaves
+//! those where the framed batches did not touch the same keys. None of them was acknowledged
+//! (a worker replies only after `sync`), but the state is then not a prefix of the writes, and
+//! anything the layer above derived from its records (the node's counters) may be wrong. So
+//! the first write of each batch to the engine is a marker, [`BATCH_KEY`], naming where that
+//! batch's frame goes (segment, offset); the engine keeps a prefix of its own writes, so it
+//! holds part of an unframed batch exactly when its marker names the place where replay found
+//! no frame. Open then records [`UNLOGGED_KEY`] in the engine, durable with its checkpoint,
+//! and [`Engine::holds_unlogged_writes`] says so until the layer above has counted its
+//! records again and called [`Engine::forget_unlogged_writes`].
 //!
 //! Each checkpoint also stores its new segment number in the engine itself (key
 //! [`CHECKPOINT_KEY`]) before the engine's sync. On open, an engine holding a smaller number
 //! than `wal-seq` lost writes a checkpoint had made durable (sled 0.34 opens a log with a
 //! corrupt block in it without an error, cutting it there): replaying the log would hide that,
-//! so the database is refused as damaged (`InvalidData`) and chd rebuilds the node.
+//! so the database is refused as damaged (`InvalidData`) and chd rebuilds the node. An engine
+//! holding exactly one more than `wal-seq` finished a checkpoint that a crash stopped before
+//! `wal-seq` was replaced: the log's frames are all older than the engine's state, so none is
+//! replayed (replaying them would undo part of the batch that checkpoint made durable), and
+//! open's own checkpoint finishes the step. Any larger number is refused as damaged.
 //!
 //! Frame: `len: u32 LE | seq: u64 LE | check: first 8 bytes of blake3(seq | len | payload) |
 //! payload`; `len == 0` marks the end. Payload: operations, each `1 | klen u32 | vlen u32 |
 //! key | value` (put) or `2 | klen u32 | key` (delete).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Engine, Entry, Head, Put};
+use super::{fsio, Engine, Entry, Head, Put};
 
 /// Size of the log file. A checkpoint comes every this many bytes of log.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -46,6 +57,10 @@ const HEADER: usize = 4 + 8 + 8;
 /// Where a checkpoint records its segment number in the engine: above every key the node
 /// layer uses (its metadata lives under `ff ff ff ff` followed by ASCII names).
 pub const CHECKPOINT_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-checkpoint";
+/// The first write of each batch: `seq u64 LE | offset u64 LE` of the frame that will log it.
+pub const BATCH_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-batch";
+/// Present while the engine may hold writes that no durable frame covers (see the module doc).
+pub const UNLOGGED_KEY: &[u8] = b"\xff\xff\xff\xff\xffwal-unlogged";
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -62,6 +77,10 @@ pub struct Wal<E> {
     /// The next frame: [`HEADER`] bytes, filled in at sync, then the operations since the
     /// last sync, encoded (so a sync writes it as it is, without copying it into a frame).
     pending: Vec<u8>,
+    /// [`BATCH_KEY`] names the place of the next frame: put since the last frame or checkpoint.
+    batch_marked: bool,
+    /// [`UNLOGGED_KEY`] is in the engine.
+    unlogged: bool,
 }
 
 fn corrupt(why: String) -> io::Error {
@@ -79,11 +98,11 @@ fn check(seq: u64, payload: &[u8]) -> [u8; 8] {
 /// Replaces `path`'s content durably: write a temporary file, fsync, rename, fsync the dir.
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    let f = fsio::create(OpenOptions::new().write(true).create(true).truncate(true), &tmp)?;
+    fsio::write_at(&f, data, 0)?;
+    fsio::sync_all(&f)?;
+    fsio::rename(&tmp, &dir.join(name))?;
+    fsio::sync_dir(dir)
 }
 
 /// Grows `file` to `size` with zeros written for real (not a hole, not an unwritten extent),
@@ -93,10 +112,10 @@ fn zero_fill(file: &File, from: u64, size: u64) -> io::Result<()> {
     let mut at = from;
     while at < size {
         let n = (size - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
+        fsio::write_at(file, &zeros[..n], at)?;
         at += n as u64;
     }
-    file.sync_all()
+    fsio::sync_all(file)
 }
 
 /// The operations of the frames of segment `seq` at the start of `log`, in order.
@@ -153,7 +172,13 @@ fn replay<E: Engine>(inner: &mut E, payload: &[u8]) -> io::Result<()> {
 impl<E: Engine> Wal<E> {
     /// Opens the log in `dir` over `inner` (which holds what the last checkpoint made durable,
     /// and perhaps more), replays it, and checkpoints.
-    pub fn open(mut inner: E, dir: &Path) -> io::Result<Wal<E>> {
+    pub fn open(inner: E, dir: &Path) -> io::Result<Wal<E>> {
+        Wal::open_sized(inner, dir, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with a log file of `bytes` instead of [`SEGMENT_BYTES`] (tests that
+    /// checkpoint often, or rebuild the files as a crash leaves them, use a small one).
+    pub fn open_sized(mut inner: E, dir: &Path, bytes: u64) -> io::Result<Wal<E>> {
         let seq_file = dir.join("wal-seq");
         let seq = match std::fs::read_to_string(&seq_file) {
             Ok(s) => Some(s.trim().parse::<u64>().map_err(|_| corrupt(format!("{} is corrupt", seq_file.display())))?),
@@ -166,42 +191,76 @@ impl<E: Engine> Wal<E> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Created whole before its name appears, so a `wal` is always fully allocated.
                 let tmp = dir.join("wal.tmp");
-                let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-                zero_fill(&f, 0, SEGMENT_BYTES)?;
-                std::fs::rename(&tmp, &path)?;
-                File::open(dir)?.sync_all()?;
+                let f = fsio::create(OpenOptions::new().read(true).write(true).create(true).truncate(true), &tmp)?;
+                zero_fill(&f, 0, bytes)?;
+                fsio::rename(&tmp, &path)?;
+                fsio::sync_dir(dir)?;
                 f
             }
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
+        let stored = match inner.get(CHECKPOINT_KEY)? {
+            Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| corrupt("wal checkpoint record".into()))?),
+            None => 0,
+        };
+        let logged = seq.unwrap_or(0);
+        if stored < logged {
+            return Err(corrupt(format!(
+                "the database lost writes made durable at checkpoint {logged} (it holds checkpoint {stored})"
+            )));
+        }
+        if stored > logged + 1 {
+            return Err(corrupt(format!(
+                "the database holds checkpoint {stored}, beyond the write-ahead log's segment {logged}"
+            )));
+        }
+        let marker = match inner.get(BATCH_KEY)? {
+            Some(v) if v.len() == 16 => Some((
+                u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(v[8..].try_into().expect("8 bytes")),
+            )),
+            Some(_) => return Err(corrupt("wal batch record".into())),
+            None => None,
+        };
+        let mut unlogged = false;
+        // `stored == logged + 1`: the engine finished a checkpoint whose replacement of
+        // `wal-seq` was cut short. Every frame in the file is older than the engine's state,
+        // so none is replayed; the checkpoint below finishes the rename.
+        let seq = seq.filter(|_| stored == logged);
         if let Some(seq) = seq {
-            let stored = match inner.get(CHECKPOINT_KEY)? {
-                Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| corrupt("wal checkpoint record".into()))?),
-                None => 0,
-            };
-            if stored < seq {
-                return Err(corrupt(format!(
-                    "the database lost writes made durable at checkpoint {seq} (it holds checkpoint {stored})"
-                )));
-            }
             let mut log = Vec::new();
             io::Read::read_to_end(&mut &file, &mut log)?;
+            let mut end = 0;
             for payload in frames(&log, seq) {
                 replay(&mut inner, payload)?;
+                end += (HEADER + payload.len()) as u64;
             }
+            // The last batch begun in the engine has no frame where its marker says it goes.
+            if marker.is_some_and(|(s, at)| s == seq && at >= end) {
+                unlogged = true;
+            }
+        }
+        // After replay, which may have logged its removal.
+        unlogged |= inner.get(UNLOGGED_KEY)?.is_some();
+        if unlogged {
+            // Durable with the checkpoint below, so a crash before the layer above has
+            // counted again does not lose the knowledge.
+            inner.put(UNLOGGED_KEY, b"1")?;
         }
         let mut wal = Wal {
             inner,
             file,
             dir: dir.to_path_buf(),
-            seq: seq.unwrap_or(0),
+            seq: stored,
             offset: 0,
-            size: size.max(SEGMENT_BYTES),
+            size: size.max(bytes),
             pending: vec![0; HEADER],
+            batch_marked: false,
+            unlogged,
         };
-        if size < SEGMENT_BYTES {
-            zero_fill(&wal.file, size, SEGMENT_BYTES)?;
+        if size < bytes {
+            zero_fill(&wal.file, size, bytes)?;
         }
         wal.checkpoint()?;
         Ok(wal)
@@ -223,6 +282,19 @@ impl<E: Engine> Wal<E> {
         write_atomic(&self.dir, "wal-seq", (self.seq + 1).to_string().as_bytes())?;
         self.seq += 1;
         self.offset = 0;
+        self.batch_marked = false;
+        Ok(())
+    }
+
+    /// Puts [`BATCH_KEY`] before the first write of a batch to the engine.
+    fn mark_batch(&mut self) -> io::Result<()> {
+        if !self.batch_marked {
+            let mut at = [0; 16];
+            at[..8].copy_from_slice(&self.seq.to_le_bytes());
+            at[8..].copy_from_slice(&self.offset.to_le_bytes());
+            self.inner.put(BATCH_KEY, &at)?;
+            self.batch_marked = true;
+        }
         Ok(())
     }
 
@@ -244,11 +316,13 @@ impl<E: Engine> Engine for Wal<E> {
         self.inner.get_head(key)
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.mark_batch()?;
         self.inner.put(key, value)?;
         self.log_put(key, value);
         Ok(())
     }
     fn put_unless(&mut self, key: &[u8], value: &[u8], keep: &mut dyn FnMut(&Head) -> bool) -> io::Result<Put> {
+        self.mark_batch()?;
         let done = self.inner.put_unless(key, value, keep)?;
         if let Put::Replaced(_) = done {
             self.log_put(key, value);
@@ -256,6 +330,7 @@ impl<E: Engine> Engine for Wal<E> {
         Ok(done)
     }
     fn delete(&mut self, key: &[u8]) -> io::Result<()> {
+        self.mark_batch()?;
         self.inner.delete(key)?;
         self.pending.push(DELETE);
         self.pending.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -282,10 +357,11 @@ impl<E: Engine> Engine for Wal<E> {
         self.pending[..4].copy_from_slice(&(len as u32).to_le_bytes());
         self.pending[4..12].copy_from_slice(&self.seq.to_le_bytes());
         self.pending[12..HEADER].copy_from_slice(&check);
-        self.file.write_all_at(&self.pending, self.offset)?;
-        self.file.sync_data()?;
+        fsio::write_at(&self.file, &self.pending, self.offset)?;
+        fsio::sync_data(&self.file)?;
         self.offset += need;
         self.pending.truncate(HEADER);
+        self.batch_marked = false;
         Ok(())
     }
     /// A checkpoint, so that the next open has nothing to replay, then the engine's close.
@@ -300,12 +376,23 @@ impl<E: Engine> Engine for Wal<E> {
     fn wants_sync(&self) -> bool {
         self.inner.wants_sync()
     }
+    fn holds_unlogged_writes(&self) -> bool {
+        self.unlogged
+    }
+    fn forget_unlogged_writes(&mut self) -> io::Result<()> {
+        if self.unlogged {
+            self.delete(UNLOGGED_KEY)?;
+            self.unlogged = false;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::os::unix::fs::FileExt;
     use std::sync::{Arc, Mutex};
 
     /// An engine that keeps only what its last `sync` covered when it "crashes", plus a
@@ -498,6 +585,83 @@ mod tests {
             let wal = Wal::open(engine.crash(), dir.path()).unwrap();
             drop(wal);
         }
+    }
+
+    /// Issue 27, defect 2: a crash after a checkpoint's engine sync and before `wal-seq` is
+    /// replaced leaves the engine at the new segment and `wal-seq` at the old one. The old
+    /// segment's frames are older than what the engine holds: replaying them would undo part
+    /// of the batch the checkpoint made durable, leaving a state that never was.
+    #[test]
+    fn a_crash_between_the_checkpoint_s_engine_sync_and_wal_seq_keeps_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        // The next batch, made durable by a checkpoint that stops after the engine's sync.
+        wal.put(b"a", b"2").unwrap();
+        wal.put(b"b", b"2").unwrap();
+        wal.inner.put(CHECKPOINT_KEY, &(wal.seq + 1).to_le_bytes()).unwrap();
+        wal.inner.sync().unwrap();
+        let crashed = wal.inner.crash();
+        drop(wal);
+
+        let wal = Wal::open(crashed, dir.path()).unwrap();
+        let got = (wal.get(b"a").unwrap(), wal.get(b"b").unwrap());
+        let first = (Some(b"1".to_vec()), None);
+        let both = (Some(b"2".to_vec()), Some(b"2".to_vec()));
+        assert!(got == first || got == both, "not a prefix of the writes: {got:?}");
+        drop(wal);
+        // Open leaves the log and the engine agreeing: a second crash and open changes nothing.
+        let wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert_eq!((wal.get(b"a").unwrap(), wal.get(b"b").unwrap()), got);
+    }
+
+    /// The engine says it may hold writes no frame covers exactly when it kept part of a batch
+    /// whose frame never became durable, and keeps saying so across crashes until told to
+    /// forget it.
+    #[test]
+    fn writes_of_an_unframed_batch_in_the_engine_are_reported_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.put(b"a", b"1").unwrap();
+        wal.sync().unwrap();
+        wal.put(b"b", b"unframed").unwrap();
+        // Killed: the engine lost what it had not written (nothing of the batch).
+        let crashed = wal.inner.crash();
+        drop(wal);
+        assert!(!Wal::open(crashed, dir.path()).unwrap().holds_unlogged_writes(), "nothing of the batch was kept");
+        let mut wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        wal.put(b"a", b"2").unwrap();
+        wal.sync().unwrap();
+        wal.put(b"c", b"unframed").unwrap();
+        // Killed after the engine wrote everything it was given.
+        *engine.durable.lock().unwrap() = wal.inner.live.clone();
+        drop(wal);
+        let wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert!(wal.holds_unlogged_writes());
+        assert_eq!(wal.get(b"c").unwrap(), Some(b"unframed".to_vec()));
+        drop(wal);
+        let mut wal = Wal::open(engine.crash(), dir.path()).unwrap();
+        assert!(wal.holds_unlogged_writes(), "forgotten by a crash");
+        wal.forget_unlogged_writes().unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        assert!(!Wal::open(engine.crash(), dir.path()).unwrap().holds_unlogged_writes());
+    }
+
+    /// An engine two checkpoints ahead of `wal-seq` does not come from any crash: refused.
+    #[test]
+    fn an_engine_ahead_of_the_log_by_more_than_one_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Lossy::default();
+        let mut wal = Wal::open(engine.clone(), dir.path()).unwrap();
+        wal.inner.put(CHECKPOINT_KEY, &(wal.seq + 2).to_le_bytes()).unwrap();
+        wal.inner.sync().unwrap();
+        drop(wal);
+        let err = Wal::open(engine.crash(), dir.path()).err().expect("must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]

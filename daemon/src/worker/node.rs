@@ -32,17 +32,26 @@
 //!   makes it exact again. The live-key count is only a statistic (`chctl status`, the log),
 //!   so an approximate one for a while is acceptable; the highest version is not: it is a
 //!   floor for chd's version counter.
-//! - `version-ceiling` bounds every stored version: it is raised (by [`CEILING_STEP`] at a
-//!   time, so rarely) before any record above it is put. After a crash the node reports the
-//!   ceiling as its highest version until the recount knows the exact one; reporting too high
-//!   only makes chd skip some versions.
+//! - `ceiling/<version>` bounds every stored version: it is raised (by [`CEILING_STEP`] at a
+//!   time, so rarely) before any record above it is put, by putting the new key and then
+//!   deleting the lower ones; the highest key present counts. After a crash the node reports
+//!   the ceiling as its highest version until the recount knows the exact one; reporting too
+//!   high only makes chd skip some versions. A key per value, not one key overwritten: an
+//!   engine that kept part of an unframed batch has the frames before it replayed over it
+//!   (see [`crate::storage::wal`]), which would put an older ceiling back over a newer one
+//!   that records of that batch rely on; a new key survives the replay. (`version-ceiling`,
+//!   the single key of databases written before, is read and deleted at the next raise.)
 //! - `file/<seq>` (its length) indexes the value files that records point to, put before the
 //!   pointer and deleted with the record that replaces it. Open checks exactly these files and
 //!   removes every other one (a crash's leftovers). An index entry whose record a crash lost is
 //!   dropped, and its file removed, when the recount finishes.
 //!
-//! A database without `counters` (one written before counters existed, or one never synced)
-//! is counted by a full scan at open, which also writes the metadata.
+//! An engine that says it may hold writes of a batch that was never made durable mixed with
+//! older state ([`Engine::holds_unlogged_writes`]: the property above does not hold, and
+//! `dirty` may be gone) is treated as after a crash with `dirty` present: the ceiling stands
+//! for the highest version and a recount runs; the engine forgets the condition when the
+//! recount ends. A database without `counters` (one written before counters existed, or one
+//! never synced) is counted by a full scan at open, which also writes the metadata.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -60,6 +69,7 @@ const REBUILD_PENDING: &[u8] = b"rebuild-pending";
 const COUNTERS: &[u8] = b"counters";
 const DIRTY: &[u8] = b"dirty";
 const VERSION_CEILING: &[u8] = b"version-ceiling";
+const CEILING: &[u8] = b"ceiling/";
 const FILE_INDEX: &[u8] = b"file/";
 /// How far above a new highest version the persisted ceiling is raised: one extra put per
 /// this many versions.
@@ -105,6 +115,10 @@ fn data_key(partition: u32, key: &[u8]) -> Vec<u8> {
 
 fn meta_key(name: &[u8]) -> Vec<u8> {
     [&META[..], name].concat()
+}
+
+fn ceiling_key(version: u64) -> Vec<u8> {
+    [&META[..], CEILING, &version.to_be_bytes()].concat()
 }
 
 fn file_key(seq: u64) -> Vec<u8> {
@@ -170,9 +184,7 @@ impl<E: Engine> Node<E> {
             mark,
             marked,
         };
-        if let Some(v) = node.engine.get(&meta_key(VERSION_CEILING))? {
-            node.version_ceiling = decode_u64(&v, "version ceiling")?;
-        }
+        node.version_ceiling = node.ceilings()?.into_iter().max().unwrap_or(0);
         let Some(counters) = node.engine.get(&meta_key(COUNTERS))? else {
             node.count_all()?;
             // Never below the recorded version, even when the record that had it was dropped
@@ -185,7 +197,8 @@ impl<E: Engine> Node<E> {
         }
         node.live_keys = decode_u64(&counters[..8], "counters")?;
         node.max_version = decode_u64(&counters[8..], "counters")?;
-        if node.engine.get(&meta_key(DIRTY))?.is_some() {
+        // Counters derived from a state that is not a prefix of the writes are not trusted.
+        if node.engine.get(&meta_key(DIRTY))?.is_some() || node.engine.holds_unlogged_writes() {
             // A crash during a batch: part of it may be stored without being counted.
             node.dirty = true;
             node.max_version = node.max_version.max(node.version_ceiling);
@@ -220,7 +233,8 @@ impl<E: Engine> Node<E> {
         }
         let indexed = self.file_index()?;
         let dirty = self.engine.get(&meta_key(DIRTY))?.is_some();
-        if records > 0 || dirty || !indexed.is_empty() {
+        let unlogged = self.engine.holds_unlogged_writes();
+        if records > 0 || dirty || unlogged || !indexed.is_empty() {
             for seq in indexed.keys().filter(|s| !files.contains_key(s)) {
                 self.engine.delete(&file_key(*seq))?;
             }
@@ -229,6 +243,7 @@ impl<E: Engine> Node<E> {
             }
             self.raise_ceiling(self.max_version)?;
             self.write_counters()?;
+            self.engine.forget_unlogged_writes()?;
             self.engine.sync()?;
         }
         self.values.remove_orphans(&files.keys().copied().collect(), |seq| files[&seq])
@@ -268,13 +283,33 @@ impl<E: Engine> Node<E> {
         Ok(())
     }
 
-    /// Makes the persisted ceiling cover `version`, before a record of that version is put.
+    /// Makes the persisted ceiling cover `version`, before a record of that version is put:
+    /// the new ceiling's key first, then the lower ones go (so one is always there).
     fn raise_ceiling(&mut self, version: u64) -> io::Result<()> {
         if version > self.version_ceiling {
+            let old = self.ceilings()?;
             self.version_ceiling = version.saturating_add(CEILING_STEP);
-            self.engine.put(&meta_key(VERSION_CEILING), &self.version_ceiling.to_be_bytes())?;
+            self.engine.put(&ceiling_key(self.version_ceiling), &[])?;
+            for c in old.into_iter().filter(|&c| c != self.version_ceiling) {
+                self.engine.delete(&ceiling_key(c))?;
+            }
+            self.engine.delete(&meta_key(VERSION_CEILING))?;
         }
         Ok(())
+    }
+
+    /// Every stored ceiling (a crash can leave more than one; the highest counts), the single
+    /// key of older databases included.
+    fn ceilings(&self) -> io::Result<Vec<u64>> {
+        let (from, to) = (meta_key(CEILING), meta_key(b"ceiling0"));
+        let mut out = Vec::new();
+        for (k, _) in self.engine.scan(&from, &to, usize::MAX)? {
+            out.push(decode_u64(&k[from.len()..], "version ceiling")?);
+        }
+        if let Some(v) = self.engine.get(&meta_key(VERSION_CEILING))? {
+            out.push(decode_u64(&v, "version ceiling")?);
+        }
+        Ok(out)
     }
 
     /// One slice of a running recount; at its end the counters are exact again, and index
@@ -296,6 +331,8 @@ impl<E: Engine> Node<E> {
             return Ok(());
         }
         let rc = self.recount.take().expect("running");
+        // Exact again, durably with the counters the coming sync writes.
+        self.engine.forget_unlogged_writes()?;
         self.live_keys = rc.live;
         self.max_version = rc.max_version;
         for (seq, len) in self.file_index()? {
@@ -608,9 +645,9 @@ impl<E: Engine> Node<E> {
         self.sync_or_close(true)
     }
 
-    /// Makes every earlier write durable: new value files' names first, then the engine (and so
-    /// the pointers to them, and the counters); only then are the files of replaced records
-    /// unlinked. A running recount takes one step here.
+    /// Makes every earlier write durable: the engine (and so the pointers to value files, whose
+    /// names [`ValueFiles::write`] made durable, and the counters); only then are the files of
+    /// replaced records unlinked. A running recount takes one step here.
     pub fn sync(&mut self) -> io::Result<()> {
         self.sync_or_close(false)
     }
@@ -629,7 +666,6 @@ impl<E: Engine> Node<E> {
         if newer {
             self.engine.put(&meta_key(DURABLE_VERSION.as_bytes()), &self.max_version.to_be_bytes())?;
         }
-        self.values.sync_dir()?;
         if close {
             self.engine.close()?;
         } else {
@@ -639,8 +675,7 @@ impl<E: Engine> Node<E> {
             self.dirty = false;
         }
         if newer {
-            use std::os::unix::fs::FileExt;
-            self.mark.write_all_at(&self.max_version.to_be_bytes(), 0)?;
+            crate::storage::fsio::write_at(&self.mark, &self.max_version.to_be_bytes(), 0)?;
             self.marked = self.max_version;
         }
         self.values.remove_replaced()
@@ -661,6 +696,9 @@ fn read_mark(file: &std::fs::File) -> io::Result<u64> {
     }
     Ok(u64::from_be_bytes(buf))
 }
+
+#[cfg(test)]
+mod crash;
 
 #[cfg(test)]
 mod tests {
@@ -786,7 +824,7 @@ mod tests {
     }
 
     /// (live keys, highest version) counted from the records themselves.
-    fn truth(e: &impl Engine) -> (u64, u64) {
+    pub(super) fn truth(e: &impl Engine) -> (u64, u64) {
         e.scan(&[], &META, usize::MAX).unwrap().iter().fold((0, 0), |(live, max), (_, v)| {
             let r = decode(v).unwrap();
             (live + u64::from(!r.is_tombstone()), max.max(r.version()))
@@ -845,6 +883,129 @@ mod tests {
             let n = Node::open(engine, dir.path(), 8).unwrap();
             assert_eq!((n.live_keys(), n.max_version()), (live, max), "reopened after the recount");
             assert_eq!(n.engine.data_scanned.get(), 0);
+        }
+    }
+
+    /// Issue 27, defect 1: the append log writes its buffer to its segment in the middle of a
+    /// batch, and the write-ahead log frames the batch only at its sync. Killed in between, the
+    /// engine holds part of a batch the log never framed; replaying the previous batch (which
+    /// ends with the delete of `dirty`) used to remove the killed batch's `dirty` mark while its
+    /// records stayed, and open trusted counters that missed them.
+    #[test]
+    fn a_batch_killed_after_the_append_log_wrote_part_of_it_leaves_exact_counters() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::wal::Wal;
+        let dir = tempfile::tempdir().unwrap();
+        let open = |dir: &Path| {
+            let engine = Wal::open(AppendLog::open_shaped(dir, Shape::default()).unwrap(), dir).unwrap();
+            Node::open(engine, dir, 8).unwrap()
+        };
+        let mut n = open(dir.path());
+        n.put(b"first", &rec(1, Some("v"))).unwrap();
+        n.sync().unwrap();
+        for i in 0..400u32 {
+            n.put(&i.to_be_bytes(), &Record { version: 10 + u64::from(i), value: Some(vec![7; 4000]) }).unwrap();
+        }
+        drop(n);
+        let (live, max) = truth(&open(dir.path()).engine);
+        assert!(live > 1, "the test needs part of the killed batch in the engine");
+        // Killed again before the recount ends: the second open must know as much.
+        for reopen in 0..2 {
+            let mut n = open(dir.path());
+            assert!(n.dirty, "open {reopen}: counters trusted, {} live keys for {live} records", n.live_keys());
+            assert!(n.max_version() >= max, "open {reopen}: highest version {} < {max}", n.max_version());
+            if reopen == 1 {
+                while n.dirty {
+                    n.sync().unwrap();
+                }
+                assert_eq!(n.live_keys(), live, "after the recount");
+            }
+        }
+        let n = open(dir.path());
+        assert!(!n.dirty);
+        assert_eq!((n.live_keys(), n.max_version()), (live, max));
+    }
+
+    /// Issue 27, defect 3: a value file's name must be durable before any engine write that
+    /// could carry a pointer to it reaches the disk. The append log writes (and, starting a
+    /// segment, fdatasyncs) its buffer in the middle of a batch, long before the batch's sync;
+    /// a power cut then left a durable pointer to a file whose name was lost, and the node was
+    /// refused as damaged, on every replica at once.
+    #[test]
+    fn a_value_file_s_name_is_durable_before_the_engine_writes_anything_more() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::fsio::tap::{self, Event, Tap};
+        use crate::storage::wal::Wal;
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Shape { segment_bytes: 4096, rebuild_min: 16 };
+        let engine = Wal::open(AppendLog::open_shaped(dir.path(), shape).unwrap(), dir.path()).unwrap();
+        let mut n = Node::open(engine, dir.path(), 8).unwrap();
+        n.put(b"first", &rec(1, Some("v"))).unwrap();
+        n.sync().unwrap();
+        tap::start(Tap::default());
+        n.put(b"big", &big(2, 1)).unwrap();
+        for i in 0..40u32 {
+            n.put(&i.to_be_bytes(), &rec(10 + u64::from(i), Some(&"x".repeat(300)))).unwrap();
+        }
+        n.sync().unwrap();
+        let events = tap::stop().unwrap().events;
+        let values = dir.path().join("values");
+        let (created, ino) = events
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| match e {
+                Event::Create { path, ino } if path.parent() == Some(values.as_path()) => Some((i, *ino)),
+                _ => None,
+            })
+            .expect("a value file was created");
+        let named = events[created..]
+            .iter()
+            .position(|e| matches!(e, Event::SyncDir { path } if *path == values))
+            .expect("values/ was synced");
+        let before = &events[created + 1..created + named];
+        let other = before.iter().find(|e| match e {
+            Event::Write { ino: i, .. } | Event::Sync { ino: i } | Event::SetLen { ino: i, .. } => *i != ino,
+            _ => true,
+        });
+        let what = other.map(|e| match e {
+            Event::Write { ino, at, data } => format!("{} bytes at {at} of inode {ino}", data.len()),
+            e => format!("{e:?}"),
+        });
+        assert!(other.is_none(), "before the value file's name was durable: {what:?}");
+    }
+
+    /// Issue 27, defect 6 ("fsyncgate"): after a failed fsync the kernel may mark the pages it
+    /// could not write clean, and a later read (by the next worker too) shows data that never
+    /// reached the disk. A failed sync is therefore a damaged database: the worker stops with
+    /// that status and chd rebuilds the node from its peers, instead of an I/O error after
+    /// which the next worker trusts the page cache. Every engine, every kind of file.
+    #[test]
+    fn a_failed_sync_is_a_damaged_database_not_an_io_error() {
+        use crate::storage::append::{AppendLog, Shape};
+        use crate::storage::fsio::tap::{self, Tap};
+        use crate::storage::wal::Wal;
+        use crate::worker::{classify, Failure};
+        type Open = fn(&Path) -> Box<dyn Engine>;
+        let opens: [(&str, Open); 2] = [
+            ("append", |d| Box::new(Wal::open(AppendLog::open_shaped(d, Shape::default()).unwrap(), d).unwrap())),
+            ("sled", |d| Box::new(Wal::open(SledEngine::open_waiting(d), d).unwrap())),
+        ];
+        for (name, open) in opens {
+            for large in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut n = Node::open(open(dir.path()), dir.path(), 8).unwrap();
+                n.put(b"k", &rec(1, Some("v"))).unwrap();
+                n.sync().unwrap();
+                tap::start(Tap { fail_syncs: true, ..Tap::default() });
+                let failed = match large {
+                    // The value file's own sync.
+                    true => n.put(b"big", &big(2, 1)).map(|_| ()),
+                    false => n.put(b"k", &rec(2, Some("w"))).and_then(|_| n.sync()),
+                };
+                tap::stop();
+                let e = failed.expect_err("the sync was made to fail");
+                assert_eq!(classify(&e), Failure::BadDatabase, "{name}, large value {large}: {e}");
+            }
         }
     }
 

@@ -12,10 +12,11 @@
 //! can still reach sled's blob path; `SledEngine::sync` keeps syncing blobs for that case.
 //!
 //! Invariants:
-//! - A value file is written and fdatasynced when its record is put, and the `values/`
-//!   directory is fsynced before the engine's sync makes any pointer to it durable
-//!   ([`ValueFiles::sync_dir`] then engine sync). So a durable pointer never names a missing
-//!   or partly written file.
+//! - A value file is written and fdatasynced, and the `values/` directory fsynced, before its
+//!   record is put ([`ValueFiles::write`]): an engine may write its buffers to disk whenever it
+//!   likes (the append log does so in the middle of a batch), and any byte written may reach
+//!   the disk before a power cut. So a pointer that reaches the disk never names a missing or
+//!   partly written file.
 //! - A file a record stops pointing to (overwrite, delete, dropped partition) is unlinked only
 //!   after the engine's sync has returned ([`ValueFiles::remove_replaced`]): until then the
 //!   durable state may still point to it.
@@ -32,10 +33,12 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use chd_data::Record;
+
+use crate::storage::fsio;
 
 /// A record is stored inline (in the engine) when its key plus value is at most this long.
 pub const INLINE_MAX: usize = 4096;
@@ -162,8 +165,6 @@ pub struct ValueFiles {
     next_seq: u64,
     /// Bytes of value files on disk, including those waiting to be unlinked.
     bytes: u64,
-    /// Files created since the directory was last fsynced.
-    created: bool,
     /// Files to unlink once the engine's next sync has returned: (seq, length).
     replaced: Vec<(u64, u64)>,
     /// The files found at open, until [`ValueFiles::remove_orphans`] settles them.
@@ -189,7 +190,7 @@ impl ValueFiles {
             found.push((seq, entry.metadata()?.len()));
         }
         let next_seq = found.iter().map(|&(s, _)| s + 1).max().unwrap_or(0);
-        Ok(ValueFiles { dir, next_seq, bytes: 0, created: false, replaced: Vec::new(), found })
+        Ok(ValueFiles { dir, next_seq, bytes: 0, replaced: Vec::new(), found })
     }
 
     /// Removes the files found at open that no record points to (a crash's leftovers), and
@@ -205,7 +206,7 @@ impl ValueFiles {
                 self.bytes += len;
                 present.insert(seq);
             } else {
-                fs::remove_file(self.dir.join(name(seq)))?;
+                fsio::remove_file(&self.dir.join(name(seq)))?;
                 removed = true;
             }
         }
@@ -213,21 +214,21 @@ impl ValueFiles {
             return Err(damaged(format!("value file {} is missing", name(*missing))));
         }
         if removed {
-            File::open(&self.dir)?.sync_all()?;
+            fsio::sync_dir(&self.dir)?;
         }
         Ok(())
     }
 
-    /// Writes `value` to a new file and fdatasyncs it. Durable once [`ValueFiles::sync_dir`]
-    /// has returned too.
+    /// Writes `value` to a new file and makes it durable, name included: a pointer to it may
+    /// reach the disk with any later write of the engine.
     pub fn write(&mut self, value: &[u8]) -> io::Result<ValueRef> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut f = OpenOptions::new().write(true).create_new(true).open(self.dir.join(name(seq)))?;
-        self.created = true;
+        let f = fsio::create(OpenOptions::new().write(true).create_new(true), &self.dir.join(name(seq)))?;
         self.bytes += value.len() as u64;
-        f.write_all(value)?;
-        f.sync_data()?;
+        fsio::write_at(&f, value, 0)?;
+        fsio::sync_data(&f)?;
+        fsio::sync_dir(&self.dir)?;
         Ok(ValueRef { seq, len: value.len() as u64, hash: *blake3::hash(value).as_bytes() })
     }
 
@@ -255,20 +256,11 @@ impl ValueFiles {
         self.replaced.push((r.seq, r.len));
     }
 
-    /// Before the engine's sync: makes the names of new files durable.
-    pub fn sync_dir(&mut self) -> io::Result<()> {
-        if self.created {
-            File::open(&self.dir)?.sync_all()?;
-            self.created = false;
-        }
-        Ok(())
-    }
-
     /// After the engine's sync: unlinks the files no durable record points to any more. (The
     /// unlinks need no fsync: a file that comes back after a crash is an orphan.)
     pub fn remove_replaced(&mut self) -> io::Result<()> {
         for (seq, len) in std::mem::take(&mut self.replaced) {
-            match fs::remove_file(self.dir.join(name(seq))) {
+            match fsio::remove_file(&self.dir.join(name(seq))) {
                 Ok(()) => self.bytes -= len,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
