@@ -363,7 +363,8 @@ mod tests {
         // chd (8 bytes on the RESP socket, before AUTH).
         assert_eq!(parse_all(b"*1\r\n\r\n"), Err(ProtocolError::ExpectedDollar(b'\r')));
         let mut reply = Vec::new();
-        super::super::reply::Reply::Error(format!("ERR {}", ProtocolError::ExpectedDollar(b'\r'))).encode(2, &mut reply);
+        super::super::reply::Reply::Error(format!("ERR {}", ProtocolError::ExpectedDollar(b'\r')))
+            .encode(2, &mut reply);
         assert_eq!(reply, b"-ERR Protocol error: expected '$', got ' '\r\n");
         // A nested array is not a request.
         assert_eq!(e(b"*1\r\n*1\r\n$1\r\na\r\n"), "Protocol error: expected '$', got '*'");
