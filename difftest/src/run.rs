@@ -409,6 +409,10 @@ fn describe(cfg: &Config, seq_no: u64, index: usize, first: &Exchange, minimal: 
             Err(e) => s += &format!("  (could not write the requests to {}: {e})\n", path.display()),
         }
     }
+    if !minimal.iter().any(|e| e.verdict == "Diverged") {
+        s += "  NOTE: this sequence did not diverge when replayed once more: the divergence depends on timing or \
+              load, and the sequence above may not be minimal\n";
+    }
     s += "replies (redis | chd):\n";
     for (i, e) in minimal.iter().enumerate() {
         s += &format!(
