@@ -284,6 +284,34 @@ fn deep_pipelines_are_answered_in_order() {
     assert!(String::from_utf8_lossy(&out) == want, "replies out of order or missing");
 }
 
+/// Regression (found by chd-difftest): a key-listing command ran as a task while the next
+/// requests of the pipeline were read and run, so a DEL sent after KEYS or DBSIZE could remove
+/// a key before the listing saw it. Redis answers each command as if the later ones had not
+/// been sent.
+#[test]
+fn a_listing_is_not_changed_by_later_requests_of_the_pipeline() {
+    let chd = Chd::start(&[]);
+    let s = resp_socket(&chd);
+    for round in 0..5 {
+        let mut bytes = Vec::new();
+        let keys: Vec<String> = (0..8).map(|i| format!("r{round}:{i}")).collect();
+        for k in &keys {
+            bytes.extend(resp_command(&[b"SET", k.as_bytes(), b"v"]));
+        }
+        bytes.extend(resp_command(&[b"DBSIZE"]));
+        bytes.extend(resp_command(&[b"KEYS", format!("r{round}:*").as_bytes()]));
+        for k in &keys {
+            bytes.extend(resp_command(&[b"DEL", k.as_bytes()]));
+        }
+        bytes.extend(resp_command(&[b"QUIT"]));
+        let out = raw(&s, &bytes);
+        let text = String::from_utf8_lossy(&out);
+        let after_sets = text.strip_prefix(&"+OK\r\n".repeat(8)).expect("8 SETs answered OK");
+        assert!(after_sets.starts_with(":8\r\n*8\r\n"), "round {round}: DBSIZE and KEYS must see all 8 keys: {text:?}");
+        assert!(text.ends_with(&format!("{}+OK\r\n", ":1\r\n".repeat(8))), "{text:?}");
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

@@ -335,19 +335,34 @@ pub fn refused(name: &[u8]) -> Option<Reply> {
     })
 }
 
+/// An argument as Redis prints one into an error (C's `%.Ns`): up to its first NUL byte and
+/// at most `max` bytes.
+fn c_str(a: &[u8], max: usize) -> &[u8] {
+    let end = a.iter().position(|&b| b == 0).unwrap_or(a.len()).min(max);
+    &a[..end]
+}
+
 /// Redis's error for a name that is no command: up to 128 bytes of arguments, quoted.
 pub fn unknown(args: &[Vec<u8>]) -> Reply {
-    let mut rest = String::new();
+    let mut rest = Vec::new();
     for a in &args[1..] {
         if rest.len() >= 128 {
             break;
         }
-        let a = String::from_utf8_lossy(a);
         let room = 128 - rest.len();
-        rest += &format!("'{}' ", a.chars().take(room).collect::<String>());
+        rest.push(b'\'');
+        rest.extend_from_slice(c_str(a, room));
+        rest.extend_from_slice(b"' ");
     }
-    let name: String = String::from_utf8_lossy(&args[0]).chars().take(128).collect();
-    Reply::err(format!("unknown command '{name}', with args beginning with: {rest}"))
+    let name = String::from_utf8_lossy(c_str(&args[0], 128));
+    Reply::err(format!("unknown command '{name}', with args beginning with: {}", String::from_utf8_lossy(&rest)))
+}
+
+/// Redis's error for a subcommand a container command (CLIENT, COMMAND, CONFIG) does not have:
+/// the subcommand as the client wrote it.
+pub fn unknown_subcommand(sub: &[u8], command: &str) -> Reply {
+    let sub = String::from_utf8_lossy(c_str(sub, 128));
+    Reply::err(format!("unknown subcommand '{sub}'. Try {command} HELP."))
 }
 
 pub fn arity_ok(spec: &Spec, argc: usize) -> bool {
@@ -636,8 +651,12 @@ async fn set(s: &Server, args: &mut [Vec<u8>]) -> Out {
     Ok(if get { Reply::opt(old) } else { Reply::ok() })
 }
 
-/// Redis's `string2ld`: no surrounding spaces, no NaN.
+/// Redis's `string2ld` (C's `strtold`, which must read the whole argument): no surrounding
+/// spaces, no NaN, hexadecimal floats accepted, shorter than 5 KiB.
 fn parse_float(a: &[u8]) -> Option<f64> {
+    if a.len() >= 5 * 1024 {
+        return None;
+    }
     let s = std::str::from_utf8(a).ok()?;
     if s.is_empty() || s.trim() != s {
         return None;
@@ -647,9 +666,58 @@ fn parse_float(a: &[u8]) -> Option<f64> {
         "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
         "-inf" | "-infinity" => f64::NEG_INFINITY,
         _ if lower.contains("inf") || lower.contains("nan") => return None,
+        _ if lower.trim_start_matches(['+', '-']).starts_with("0x") => parse_hex_float(&lower)?,
         _ => s.parse().ok()?,
     };
     (!v.is_nan()).then_some(v)
+}
+
+/// A C99 hexadecimal float, lower case: `[+-]0x<hex>[.<hex>][p[+-]<decimal>]`.
+fn parse_hex_float(s: &str) -> Option<f64> {
+    let (neg, rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let rest = rest.strip_prefix("0x")?;
+    let (mantissa, exp) = match rest.split_once('p') {
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut v = 0f64;
+    for c in int.chars() {
+        v = v * 16.0 + f64::from(c.to_digit(16)?);
+    }
+    let mut scale = 1.0 / 16.0;
+    for c in frac.chars() {
+        v += f64::from(c.to_digit(16)?) * scale;
+        scale /= 16.0;
+    }
+    let v = v * 2f64.powi(exp);
+    Some(if neg { -v } else { v })
+}
+
+/// A SCAN cursor as Redis reads one (C's `strtoul` on the argument as a C string): no leading
+/// space, an optional sign (a negative cursor wraps around), digits up to u64's range; an empty
+/// argument is cursor 0.
+fn parse_cursor(a: &[u8]) -> Option<u64> {
+    let a = c_str(a, a.len());
+    let (neg, digits) = match a.first() {
+        None => return Some(0),
+        Some(b' ' | b'\t'..=b'\r') => return None,
+        Some(b'-') => (true, &a[1..]),
+        Some(b'+') => (false, &a[1..]),
+        Some(_) => (false, a),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(if neg { v.wrapping_neg() } else { v })
 }
 
 /// GETRANGE's bounds, as Redis computes them.
@@ -687,10 +755,7 @@ async fn keyspace_inner(server: &Arc<Server>, spec: &Spec, args: Vec<Vec<u8>>, c
     let partitions = cluster.ring().partitions();
     match spec.name {
         "scan" => {
-            let cursor: u64 = std::str::from_utf8(&args[1])
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| Reply::err("invalid cursor"))?;
+            let cursor = parse_cursor(&args[1]).ok_or_else(|| Reply::err("invalid cursor"))?;
             let (mut pattern, mut count, mut type_ok) = (None, 10i64, true);
             let mut i = 2;
             while i < args.len() {
@@ -814,9 +879,9 @@ fn command(args: &[Vec<u8>]) -> Out {
         None => Ok(Reply::Array(COMMANDS.iter().map(command_info).collect())),
         Some("count") => Ok(Reply::Int(COMMANDS.len() as i64)),
         Some("list") => Ok(Reply::Array(COMMANDS.iter().map(|s| Reply::bulk(s.name)).collect())),
-        Some("info") => Ok(Reply::Array(
-            selected(&args[2..]).into_iter().map(|s| s.map_or(Reply::NilArray, command_info)).collect(),
-        )),
+        Some("info") => {
+            Ok(Reply::Array(selected(&args[2..]).into_iter().map(|s| s.map_or(Reply::Nil, command_info)).collect()))
+        }
         Some("docs") => Ok(Reply::Map(
             selected(&args[2..])
                 .into_iter()
@@ -831,7 +896,7 @@ fn command(args: &[Vec<u8>]) -> Out {
                 })
                 .collect(),
         )),
-        Some(other) => Err(Reply::err(format!("unknown subcommand '{other}'. Try COMMAND HELP."))),
+        Some(_) => Err(unknown_subcommand(&args[1], "COMMAND")),
     }
 }
 
@@ -895,7 +960,7 @@ fn config(server: &Server, args: &[Vec<u8>]) -> Out {
         "set" | "rewrite" | "resetstat" => {
             Err(Reply::err("chd's settings are read-only over RESP; change chd's config file or flags and restart it"))
         }
-        other => Err(Reply::err(format!("unknown subcommand '{other}'. Try CONFIG HELP."))),
+        _ => Err(unknown_subcommand(&args[1], "CONFIG")),
     }
 }
 
@@ -934,6 +999,18 @@ mod tests {
     }
 
     #[test]
+    fn arguments_in_errors_are_cut_like_c_strings() {
+        // Found by chd-difftest: Redis prints arguments with `%.*s`, in bytes, up to a NUL.
+        let args: Vec<Vec<u8>> = vec![b"g\0et".to_vec(), b"a\0b".to_vec(), "\u{e9}".repeat(70).into_bytes()];
+        let Reply::Error(e) = unknown(&args) else { panic!() };
+        assert_eq!(e, format!("ERR unknown command 'g', with args beginning with: 'a' '{}' ", "\u{e9}".repeat(62)));
+        assert_eq!(
+            unknown_subcommand(b"FoO", "CLIENT"),
+            Reply::Error("ERR unknown subcommand 'FoO'. Try CLIENT HELP.".into())
+        );
+    }
+
+    #[test]
     fn unknown_and_refused_commands_use_redis_texts() {
         let args: Vec<Vec<u8>> = ["foo", "a", "b"].iter().map(|s| s.as_bytes().to_vec()).collect();
         assert_eq!(
@@ -945,6 +1022,21 @@ mod tests {
         assert!(refused(b"get").is_none());
         // Every refused name is really not in the table.
         assert!(REFUSED.iter().all(|n| lookup(n.as_bytes()).is_none()));
+    }
+
+    #[test]
+    fn scan_cursors_parse_like_strtoul() {
+        // Found by chd-difftest: Redis reads SCAN's cursor with strtoul.
+        assert_eq!(parse_cursor(b"0"), Some(0));
+        assert_eq!(parse_cursor(b"1023"), Some(1023));
+        assert_eq!(parse_cursor(b"+5"), Some(5));
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"7\0x"), Some(7));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b" 0"[..], b"\t1", b"abc", b"-", b"1 ", b"0x0", b"18446744073709551616", b"--1"] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -964,8 +1056,15 @@ mod tests {
         assert_eq!(parse_float(b"10.5"), Some(10.5));
         assert_eq!(parse_float(b"5.0e3"), Some(5000.0));
         assert_eq!(parse_float(b"-inf"), Some(f64::NEG_INFINITY));
-        for bad in [&b""[..], b" 1", b"1 ", b"nan", b"abc", b"1.2.3"] {
+        for bad in [&b""[..], b" 1", b"1 ", b"nan", b"abc", b"1.2.3", b"0x", b"0x1p", b"0xg", b"1\0"] {
             assert_eq!(parse_float(bad), None);
         }
+        // Found by chd-difftest: strtold reads hexadecimal floats; Redis reads at most 5119 bytes.
+        assert_eq!(parse_float(b"0x10"), Some(16.0));
+        assert_eq!(parse_float(b"-0x1.8p1"), Some(-3.0));
+        assert_eq!(parse_float(b"0X1P-2"), Some(0.25));
+        let long = |n: usize| [vec![b'0'; n - 1], vec![b'1']].concat();
+        assert_eq!(parse_float(&long(5119)), Some(1.0));
+        assert_eq!(parse_float(&long(5120)), None);
     }
 }

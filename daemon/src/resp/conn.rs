@@ -235,15 +235,10 @@ async fn serve<R, W>(
                 // Every earlier request of this connection has given back its slot.
                 let Ok(barrier) = count.clone().acquire_many_owned((MAX_IN_FLIGHT - 1) as u32).await else { break };
                 drop(barrier);
-                let (done, running) = oneshot::channel();
-                let server = server.clone();
+                // Run here, before the next request is read: a later write of the same pipeline
+                // must not change the keys this one lists.
                 let ctx = ConnInfo { id, may_stop: session.may_stop };
-                tokio::spawn(async move {
-                    let reply = cmd::keyspace_command(&server, spec, args, &ctx).await;
-                    super::METRICS.record(index, outcome(&reply), arrived.elapsed());
-                    let _ = done.send(encode(&reply, proto));
-                });
-                Item { slot: Slot::Running(running), close: false, _permits: permits }
+                ready(cmd::keyspace_command(&server, spec, args, &ctx).await, false, permits)
             }
         };
         let close = item.close;
@@ -470,7 +465,7 @@ fn session_command(server: &Server, s: &mut Session, name: &str, args: &[Vec<u8>
                     let line = clients.get(&s.id).map(|c| stats::client_line(s.id, c)).unwrap_or_default();
                     Reply::Verbatim(line + "\n")
                 }
-                other => Reply::err(format!("unknown subcommand '{other}'. Try CLIENT HELP.")),
+                _ => cmd::unknown_subcommand(&args[1], "CLIENT"),
             };
             (reply, false)
         }

@@ -15,7 +15,9 @@
 //!   pipelined commands of one connection apply in the order sent, and read-modify-write
 //!   commands (INCR, APPEND, SET NX/XX/GET, MSETNX...) are atomic per key.
 //! - Key-listing commands (SCAN, KEYS, DBSIZE, RANDOMKEY, INFO) wait until every earlier
-//!   command of the connection has completed, so they see the connection's own writes.
+//!   command of the connection has completed, so they see the connection's own writes, and
+//!   run before the next request is read, so a later write of the pipeline does not change
+//!   what they list.
 //! - Access: the Unix socket checks peer credentials exactly as chd's main socket does; TCP is
 //!   only served with `requirepass` set and answers nothing but AUTH/HELLO/QUIT before AUTH.
 //! - A protocol error is answered with Redis's `-ERR Protocol error: ...` text, then the
