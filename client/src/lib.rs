@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use chd_data::proto::{
-    decode_body, encode_frame, read_frame, ClientFrame, Request, Response, ServerFrame, MAX_FRAME, PROTOCOL_VERSION,
-};
+use chd_data::proto::{encode_frame, ClientFrame, Request, Response, ServerFrame, PROTOCOL_VERSION};
 use chd_data::Error;
 
 pub mod trust;
@@ -100,11 +98,7 @@ impl Client {
                 _ => return Err(e.into()),
             },
         };
-        let frame = self.receive_armed()?;
-        if frame.id != id && frame.id != 0 {
-            return Err(CallError::Io(anyhow!("chd answered request {} instead of {id}", frame.id)));
-        }
-        Ok(frame.response?)
+        answer(self.receive_armed()?, id)
     }
 
     /// Queues a request without waiting (pipelining); returns its id.
@@ -137,10 +131,47 @@ impl Client {
     }
 
     fn receive_armed(&mut self) -> anyhow::Result<ServerFrame> {
-        let body = read_frame(&mut self.reader, MAX_FRAME + 1024)
-            .map_err(|e| anyhow!("lost the connection to chd at {}: {e}", self.socket.display()))?
-            .ok_or_else(|| anyhow!("chd at {} closed the connection", self.socket.display()))?;
+        read_server_frame(&mut self.reader, &self.socket)
+    }
+}
+
+pub use decode::{answer, read_server_frame};
+
+/// What the client takes from the server's bytes. A server, however broken or hostile, gets an
+/// error out of it and never a panic: the lints below keep indexing, `unwrap` and unchecked
+/// arithmetic out of this module (the fuzz target `client_reply` drives it).
+mod decode {
+    #![deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )]
+
+    use std::io::Read;
+    use std::path::Path;
+
+    use anyhow::anyhow;
+    use chd_data::proto::{decode_body, read_frame, Response, ServerFrame, MAX_FRAME};
+
+    use super::CallError;
+
+    /// Reads and decodes the next frame from a server at `socket` (named in errors).
+    pub fn read_server_frame(r: &mut impl Read, socket: &Path) -> anyhow::Result<ServerFrame> {
+        let body = read_frame(r, MAX_FRAME.saturating_add(1024))
+            .map_err(|e| anyhow!("lost the connection to chd at {}: {e}", socket.display()))?
+            .ok_or_else(|| anyhow!("chd at {} closed the connection", socket.display()))?;
         Ok(decode_body(&body)?)
+    }
+
+    /// The answer to request `id` from the frame the server sent for it. Id 0 is chd's answer
+    /// to a request it could not read far enough to know its id.
+    pub fn answer(frame: ServerFrame, id: u64) -> Result<Response, CallError> {
+        if frame.id != id && frame.id != 0 {
+            return Err(CallError::Io(anyhow!("chd answered request {} instead of {id}", frame.id)));
+        }
+        Ok(frame.response?)
     }
 }
 

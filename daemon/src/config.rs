@@ -238,6 +238,18 @@ pub struct Settings {
 impl Settings {
     pub fn resolve(args: &ConfigArgs) -> anyhow::Result<Settings> {
         let (config_file, file) = load_file(args.config.as_deref())?;
+        Settings::over_file(args, config_file, file)
+    }
+
+    /// What [`Settings::resolve`] gives once it has read `text` from the config file `path`
+    /// (`args.config` is not read): the parse and the checks of a file a user wrote, callable on
+    /// text (the fuzz target `config` drives it).
+    pub fn resolve_text(args: &ConfigArgs, path: &Path, text: &str) -> anyhow::Result<Settings> {
+        let file = parse_file(path, text)?;
+        Settings::over_file(args, Some(path.to_path_buf()), file)
+    }
+
+    fn over_file(args: &ConfigArgs, config_file: Option<PathBuf>, file: FileConfig) -> anyhow::Result<Settings> {
         let data_dir = match args.data_dir.clone().or(file.data_dir) {
             Some(d) => d,
             None => default_data_dir()?,
@@ -534,8 +546,12 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<(Option<PathBuf>, FileCo
         None => return Ok((None, FileConfig::default())),
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let file = parse_file(&path, &text)?;
     Ok((Some(path), file))
+}
+
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {

@@ -92,14 +92,15 @@ impl Snapshot {
     /// The upper bound of the bucket holding the `q` quantile (0 < q <= 1); 0 when empty. For
     /// the unbounded last bucket, the bound below it.
     pub fn quantile(&self, q: f64) -> u64 {
-        let total: u64 = self.buckets.iter().sum();
+        // Counts arrive from workers over their link: sums saturate rather than overflow.
+        let total = self.buckets.iter().fold(0u64, |a, &n| a.saturating_add(n));
         if total == 0 {
             return 0;
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
         for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
+            seen = n.saturating_add(seen);
             if seen >= rank {
                 return upper_bound(i).unwrap_or(1 << (BUCKETS - 2));
             }
@@ -381,6 +382,15 @@ pub fn prometheus(r: &StatsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: counts whose sum passes u64::MAX (what a broken worker could send) made
+    /// the percentiles overflow, a panic in a debug build.
+    #[test]
+    fn percentiles_of_counts_too_large_to_add_do_not_overflow() {
+        let s = Snapshot { buckets: vec![1, u64::MAX, u64::MAX], sum: u64::MAX, count: 1 };
+        let r = s.report();
+        assert_eq!((r.p50, r.p999), (2, 2));
+    }
 
     #[test]
     fn values_fall_in_the_bucket_whose_bound_is_the_next_power_of_two() {

@@ -15,9 +15,8 @@
 //! postcard encodes enum variants by position: new requests are only ever appended, and
 //! [`PROTOCOL_VERSION`] is raised whenever an existing message changes shape.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -503,50 +502,6 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     *out = out_vec;
 }
 
-/// If `buf` starts with a whole frame, the length of its body. Checks the length prefix against
-/// `max` first, so a hostile prefix is refused before anything is buffered for it.
-pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
-    let Some(prefix) = buf.get(..4) else { return Ok(None) };
-    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-    if len > max {
-        return Err(Error::FrameTooLarge { len: len as u64, max: max as u64 });
-    }
-    Ok((buf.len() >= 4 + len).then_some(len))
-}
-
-/// Decodes a frame body. On failure, the error names what was wrong.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    match postcard::from_bytes(body) {
-        Ok(msg) => Ok(msg),
-        Err(postcard::Error::DeserializeBadEnum) => {
-            Err(Error::Malformed("unknown request type; is chctl newer than chd?".into()))
-        }
-        Err(e) => Err(Error::Malformed(e.to_string())),
-    }
-}
-
-/// The request id at the start of a client frame body, so that even a request that cannot be
-/// decoded is answered under its own id.
-pub fn peek_id(body: &[u8]) -> u64 {
-    postcard::take_from_bytes::<u64>(body).map_or(0, |(id, _)| id)
-}
-
-/// Reads one frame body from a blocking reader. `Ok(None)` on a clean end of stream.
-pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut prefix = [0u8; 4];
-    match read_full(r, &mut prefix)? {
-        0 => return Ok(None),
-        4 => {}
-        _ => return Err(FrameError::Truncated),
-    }
-    let len = frame_len(&prefix, max)?.unwrap_or_else(|| u32::from_be_bytes(prefix) as usize);
-    let mut body = vec![0; len];
-    if read_full(r, &mut body)? != len {
-        return Err(FrameError::Truncated);
-    }
-    Ok(Some(body))
-}
-
 /// Writes one frame to a blocking writer.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let mut buf = Vec::new();
@@ -554,17 +509,83 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> 
     w.write_all(&buf)
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+pub use decode::{decode_body, frame_len, peek_id, read_frame};
+
+/// Everything that takes bytes from the other side. No input, however broken or hostile, gets
+/// more than an error out of it: the lints keep indexing, `unwrap` and unchecked arithmetic out
+/// of this module (the fuzz targets `chd_frame`, `worker_frame` and `client_reply` drive it).
+mod decode {
+    #![deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )]
+
+    use std::io::{self, Read};
+
+    use serde::de::DeserializeOwned;
+
+    use super::FrameError;
+    use crate::error::Error;
+
+    /// If `buf` starts with a whole frame, the length of its body. Checks the length prefix against
+    /// `max` first, so a hostile prefix is refused before anything is buffered for it.
+    pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
+        let Some(&[a, b, c, d]) = buf.get(..4) else { return Ok(None) };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > max {
+            return Err(Error::FrameTooLarge { len: len as u64, max: max as u64 });
+        }
+        Ok((buf.len().saturating_sub(4) >= len).then_some(len))
+    }
+
+    /// Decodes a frame body. On failure, the error names what was wrong.
+    pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+        match postcard::from_bytes(body) {
+            Ok(msg) => Ok(msg),
+            Err(postcard::Error::DeserializeBadEnum) => {
+                Err(Error::Malformed("unknown request type; is chctl newer than chd?".into()))
+            }
+            Err(e) => Err(Error::Malformed(e.to_string())),
         }
     }
-    Ok(n)
+
+    /// The request id at the start of a client frame body, so that even a request that cannot be
+    /// decoded is answered under its own id.
+    pub fn peek_id(body: &[u8]) -> u64 {
+        postcard::take_from_bytes::<u64>(body).map_or(0, |(id, _)| id)
+    }
+
+    /// Reads one frame body from a blocking reader. `Ok(None)` on a clean end of stream.
+    pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+        let mut prefix = [0u8; 4];
+        match read_full(r, &mut prefix)? {
+            0 => return Ok(None),
+            4 => {}
+            _ => return Err(FrameError::Truncated),
+        }
+        let len = frame_len(&prefix, max)?.unwrap_or_else(|| u32::from_be_bytes(prefix) as usize);
+        let mut body = vec![0; len];
+        if read_full(r, &mut body)? != len {
+            return Err(FrameError::Truncated);
+        }
+        Ok(Some(body))
+    }
+
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0usize;
+        while let Some(rest) = buf.get_mut(n..).filter(|rest| !rest.is_empty()) {
+            match r.read(rest) {
+                Ok(0) => break,
+                Ok(k) => n = n.saturating_add(k),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -1,87 +1,93 @@
 //! Redis's glob patterns (`stringmatchlen` in `util.c`), for KEYS, SCAN MATCH and CONFIG GET:
 //! `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, and `\` to quote the next byte. Byte-wise, binary-safe.
+//!
+//! Patterns come from clients: no pattern may panic, hence the lints (the fuzz target
+//! `resp_reply` drives the matcher).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0, 0);
-    // Where to resume after the last `*`: (pattern position after it, string position).
-    let mut star: Option<(usize, usize)> = None;
+    // The rest of the pattern and of the string still to match.
+    let (mut p, mut i) = (pattern, s);
+    // Where to resume after the last `*`: (pattern after it, string from where it matches).
+    let mut star: Option<(&[u8], &[u8])> = None;
     loop {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    while p < pattern.len() && pattern[p] == b'*' {
-                        p += 1;
-                    }
+        if let Some((&pc, p_rest)) = p.split_first() {
+            let (sc, i_rest) = match i.split_first() {
+                Some((&c, rest)) => (Some(c), rest),
+                None => (None, i),
+            };
+            match (pc, sc) {
+                (b'*', _) => {
+                    let stars = p.iter().take_while(|&&b| b == b'*').count();
+                    p = p.get(stars..).unwrap_or_default();
                     star = Some((p, i));
                     continue;
                 }
-                b'?' if i < s.len() => {
-                    p += 1;
-                    i += 1;
+                (b'?', Some(_)) => {
+                    (p, i) = (p_rest, i_rest);
                     continue;
                 }
-                b'[' if i < s.len() && class(pattern, p + 1, s[i]).0 => {
-                    p = class(pattern, p + 1, s[i]).1;
-                    i += 1;
+                (b'[', Some(c)) => {
+                    let (hit, after) = class(p_rest, c);
+                    if hit {
+                        (p, i) = (after, i_rest);
+                        continue;
+                    }
+                }
+                (b'\\', Some(c)) if p_rest.first() == Some(&c) => {
+                    (p, i) = (p_rest.get(1..).unwrap_or_default(), i_rest);
                     continue;
                 }
-                b'\\' if p + 1 < pattern.len() && i < s.len() && pattern[p + 1] == s[i] => {
-                    p += 2;
-                    i += 1;
-                    continue;
-                }
-                c if !matches!(c, b'?' | b'[')
-                    && (c != b'\\' || p + 1 == pattern.len())
-                    && i < s.len()
-                    && c == s[i] =>
-                {
-                    p += 1;
-                    i += 1;
+                (c, Some(x)) if c == x && !matches!(c, b'?' | b'[') && (c != b'\\' || p_rest.is_empty()) => {
+                    (p, i) = (p_rest, i_rest);
                     continue;
                 }
                 _ => {}
             }
-        } else if i == s.len() {
+        } else if i.is_empty() {
             return true;
         }
         // Mismatch: let the last `*` swallow one more byte, if any.
         match star {
-            Some((sp, si)) if si < s.len() => {
-                star = Some((sp, si + 1));
-                p = sp;
-                i = si + 1;
+            Some((sp, [_, si @ ..])) => {
+                star = Some((sp, si));
+                (p, i) = (sp, si);
             }
             _ => return false,
         }
     }
 }
 
-/// Matches `c` against the class starting at `pattern[start]` (after `[`). Returns whether it
-/// matched and the position after the closing `]`; an unterminated class ends the pattern.
-fn class(pattern: &[u8], start: usize, c: u8) -> (bool, usize) {
-    let mut p = start;
-    let not = pattern.get(p) == Some(&b'^');
-    if not {
-        p += 1;
-    }
+/// Matches `c` against the class `pattern` starts with (just after its `[`). Returns whether it
+/// matched and the pattern after the closing `]`; an unterminated class ends the pattern.
+fn class(pattern: &[u8], c: u8) -> (bool, &[u8]) {
+    let (not, mut p) = match pattern.strip_prefix(b"^") {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
     let mut hit = false;
     loop {
-        match pattern.get(p) {
-            None => return (hit != not, p),
-            Some(b']') => return (hit != not, p + 1),
-            Some(b'\\') if p + 1 < pattern.len() => {
-                hit |= pattern[p + 1] == c;
-                p += 2;
+        match p {
+            [] => return (hit != not, p),
+            [b']', rest @ ..] => return (hit != not, rest),
+            [b'\\', x, rest @ ..] => {
+                hit |= *x == c;
+                p = rest;
             }
-            Some(&lo) if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() && pattern[p + 2] != b']' => {
-                let hi = pattern[p + 2];
+            [lo, b'-', hi, rest @ ..] if *hi != b']' => {
                 let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-                hit |= (lo..=hi).contains(&c);
-                p += 3;
+                hit |= (*lo..=*hi).contains(&c);
+                p = rest;
             }
-            Some(&x) => {
-                hit |= x == c;
-                p += 1;
+            [x, rest @ ..] => {
+                hit |= *x == c;
+                p = rest;
             }
         }
     }
@@ -89,11 +95,11 @@ fn class(pattern: &[u8], start: usize, c: u8) -> (bool, usize) {
 
 /// The literal prefix of a pattern (before any special byte): every match starts with it.
 pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
-    let end = pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len());
-    &pattern[..end]
+    pattern.split(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).next().unwrap_or(pattern)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -16,6 +16,17 @@
 //! A request is never nested: an array inside a request is the same protocol error Redis gives
 //! ("expected '$', got '*'"). After any [`ProtocolError`] the connection must be closed, since
 //! the stream position is lost.
+//!
+//! Every byte here comes from a client, before AUTH too, and chd aborts on a panic: no input may
+//! reach one. The lints keep indexing, `unwrap` and unchecked arithmetic out of this module; the
+//! fuzz target `resp_request` checks the rest.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 use chd_data::proto::{MAX_KEY, MAX_VALUE};
 
@@ -74,11 +85,11 @@ impl Parser {
     /// Spare room is bounded, so a declared length never turns into an allocation by itself.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         if self.pos > 0 {
-            self.buf.drain(..self.pos);
+            self.buf.drain(..self.pos.min(self.buf.len()));
             self.pos = 0;
         }
         let want = match self.bulk {
-            Some(len) => (len + 2).saturating_sub(self.buf.len()).clamp(16 << 10, 1 << 20),
+            Some(len) => len.saturating_add(2).saturating_sub(self.buf.len()).clamp(16 << 10, 1 << 20),
             None => 16 << 10,
         };
         self.buf.reserve(want);
@@ -91,12 +102,17 @@ impl Parser {
         self.buffer().extend_from_slice(bytes);
     }
 
+    /// The bytes not parsed yet.
+    fn rest(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
     /// The next complete request, `Ok(None)` if more bytes are needed. Empty requests (an empty
     /// line, `*0`, `*-1`) are skipped, as Redis does.
     pub fn next_request(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
         loop {
             if self.remaining == 0 {
-                let Some(&first) = self.buf.get(self.pos) else { return Ok(None) };
+                let Some(&first) = self.rest().first() else { return Ok(None) };
                 if first != b'*' {
                     match self.inline()? {
                         None => return Ok(None),
@@ -105,7 +121,8 @@ impl Parser {
                     }
                 }
                 let Some(line) = self.line(ProtocolError::TooBigMbulkCount)? else { return Ok(None) };
-                let count = parse_int(&line[1..]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+                let digits = line.strip_prefix(b"*").unwrap_or(line);
+                let count = parse_int(digits).ok_or(ProtocolError::InvalidMultibulkLength)?;
                 if count > MAX_MULTIBULK as i64 {
                     return Err(ProtocolError::InvalidMultibulkLength);
                 }
@@ -136,7 +153,7 @@ impl Parser {
                             return Err(ProtocolError::UnauthenticatedBulk);
                         }
                         let len = len as usize;
-                        self.request_bytes += len;
+                        self.request_bytes = self.request_bytes.saturating_add(len);
                         if self.request_bytes > MAX_REQUEST {
                             return Err(ProtocolError::RequestTooLarge);
                         }
@@ -145,13 +162,14 @@ impl Parser {
                     }
                 };
                 // Like Redis, the two bytes after the data are skipped, not checked.
-                if self.buf.len() - self.pos < len + 2 {
+                let rest = self.rest();
+                let (Some(data), Some(_)) = (rest.get(..len), rest.get(len.saturating_add(2)..)) else {
                     return Ok(None);
-                }
-                self.args.push(self.buf[self.pos..self.pos + len].to_vec());
-                self.pos += len + 2;
+                };
+                self.args.push(data.to_vec());
+                self.pos = self.pos.saturating_add(len).saturating_add(2);
                 self.bulk = None;
-                self.remaining -= 1;
+                self.remaining = self.remaining.saturating_sub(1);
             }
             self.request_bytes = 0;
             return Ok(Some(std::mem::take(&mut self.args)));
@@ -159,36 +177,31 @@ impl Parser {
     }
 
     /// A header line ending in `\r\n` (the `\r\n` consumed, not returned).
-    fn line(&mut self, too_big: ProtocolError) -> Result<Option<Vec<u8>>, ProtocolError> {
-        let rest = &self.buf[self.pos..];
+    fn line(&mut self, too_big: ProtocolError) -> Result<Option<&[u8]>, ProtocolError> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
         let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
             return if rest.len() > MAX_INLINE { Err(too_big) } else { Ok(None) };
         };
         if cr > MAX_INLINE {
             return Err(too_big);
         }
-        if rest.len() < cr + 2 {
-            return Ok(None);
-        }
-        let line = rest[..cr].to_vec();
-        self.pos += cr + 2;
+        let (Some(line), Some(_)) = (rest.get(..cr), rest.get(cr.saturating_add(2)..)) else { return Ok(None) };
+        self.pos = self.pos.saturating_add(cr).saturating_add(2);
         Ok(Some(line))
     }
 
     fn inline(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
-        let rest = &self.buf[self.pos..];
+        let rest = self.rest();
         let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
             return if rest.len() > MAX_INLINE { Err(ProtocolError::TooBigInline) } else { Ok(None) };
         };
         if nl > MAX_INLINE {
             return Err(ProtocolError::TooBigInline);
         }
-        let mut line = &rest[..nl];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
+        let line = rest.get(..nl).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let args = split_args(line).ok_or(ProtocolError::UnbalancedQuotes)?;
-        self.pos += nl + 1;
+        self.pos = self.pos.saturating_add(nl).saturating_add(1);
         Ok(Some(args))
     }
 }
@@ -199,7 +212,7 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    if digits[0] == b'0' && (digits.len() > 1 || s.len() > 1) {
+    if digits.first() == Some(&b'0') && (digits.len() > 1 || s.len() > 1) {
         return None;
     }
     std::str::from_utf8(s).ok()?.parse().ok()
@@ -210,84 +223,97 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
 /// `None` for unbalanced quotes.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut args = Vec::new();
-    let mut i = 0;
+    // What is left of the line to split.
+    let mut rest = line;
     loop {
-        while i < line.len() && line[i].is_ascii_whitespace() {
-            i += 1;
+        while let Some((c, after)) = rest.split_first() {
+            if !c.is_ascii_whitespace() {
+                break;
+            }
+            rest = after;
         }
-        if i == line.len() {
+        if rest.is_empty() {
             return Some(args);
         }
         let mut cur = Vec::new();
         let (mut in_dq, mut in_sq) = (false, false);
         loop {
-            let c = line.get(i).copied();
             if in_dq {
-                let c = c?;
-                if c == b'\\' && line.get(i + 1) == Some(&b'x') && hex(line.get(i + 2)).is_some() {
-                    if let (Some(h), Some(l)) = (hex(line.get(i + 2)), hex(line.get(i + 3))) {
-                        cur.push(h * 16 + l);
-                        i += 4;
+                let (&c, after) = rest.split_first()?;
+                if let [b'\\', b'x', h, l, tail @ ..] = rest {
+                    if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                        cur.push(h.wrapping_mul(16) | l);
+                        rest = tail;
                         continue;
                     }
                 }
-                if c == b'\\' && i + 1 < line.len() {
-                    cur.push(match line[i + 1] {
+                if let [b'\\', escaped, tail @ ..] = rest {
+                    cur.push(match escaped {
                         b'n' => b'\n',
                         b'r' => b'\r',
                         b't' => b'\t',
                         b'b' => 8,
                         b'a' => 7,
-                        other => other,
+                        other => *other,
                     });
-                    i += 2;
+                    rest = tail;
                     continue;
                 }
                 if c == b'"' {
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                    if after.first().is_some_and(|n| !n.is_ascii_whitespace()) {
                         return None;
                     }
-                    i += 1;
+                    rest = after;
                     break;
                 }
                 cur.push(c);
-                i += 1;
+                rest = after;
             } else if in_sq {
-                let c = c?;
-                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                let (&c, after) = rest.split_first()?;
+                if let [b'\\', b'\'', tail @ ..] = rest {
                     cur.push(b'\'');
-                    i += 2;
+                    rest = tail;
                     continue;
                 }
                 if c == b'\'' {
-                    if line.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+                    if after.first().is_some_and(|n| !n.is_ascii_whitespace()) {
                         return None;
                     }
-                    i += 1;
+                    rest = after;
                     break;
                 }
                 cur.push(c);
-                i += 1;
+                rest = after;
             } else {
-                match c {
+                match rest.split_first() {
                     None => break,
-                    Some(c) if c.is_ascii_whitespace() => break,
-                    Some(b'"') => in_dq = true,
-                    Some(b'\'') => in_sq = true,
-                    Some(c) => cur.push(c),
+                    Some((c, _)) if c.is_ascii_whitespace() => break,
+                    Some((b'"', after)) => {
+                        in_dq = true;
+                        rest = after;
+                    }
+                    Some((b'\'', after)) => {
+                        in_sq = true;
+                        rest = after;
+                    }
+                    Some((&c, after)) => {
+                        cur.push(c);
+                        rest = after;
+                    }
                 }
-                i += 1;
             }
         }
         args.push(cur);
     }
 }
 
-fn hex(c: Option<&u8>) -> Option<u8> {
-    (*c? as char).to_digit(16).map(|d| d as u8)
+/// The value of a hex digit.
+fn hex(c: u8) -> Option<u8> {
+    char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

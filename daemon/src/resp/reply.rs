@@ -46,9 +46,8 @@ impl Reply {
     pub fn encode(&self, proto: u8, out: &mut Vec<u8>) {
         let resp3 = proto >= 3;
         match self {
-            Reply::Status(s) => line(out, b'+', s.as_bytes()),
-            // A newline inside an error would break the framing; Redis maps them to spaces.
-            Reply::Error(s) => line(out, b'-', s.replace(['\r', '\n'], " ").as_bytes()),
+            Reply::Status(s) => simple(out, b'+', s.as_bytes()),
+            Reply::Error(s) => simple(out, b'-', s.as_bytes()),
             Reply::Int(i) => line(out, b':', i.to_string().as_bytes()),
             Reply::Bulk(b) => bulk(out, b),
             Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
@@ -106,6 +105,14 @@ fn line(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A status or error line. A CR or LF inside it would end the line early and the rest would
+/// read as another reply; Redis maps them to spaces, and so does chd, whatever built the text.
+fn simple(out: &mut Vec<u8>, tag: u8, text: &[u8]) {
+    out.push(tag);
+    out.extend(text.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend_from_slice(b"\r\n");
+}
+
 fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     line(out, b'$', b.len().to_string().as_bytes());
     out.extend_from_slice(b);
@@ -138,6 +145,14 @@ mod tests {
         assert_eq!(enc(Reply::Set(vec![Reply::Int(1)]), 3), "~1\r\n:1\r\n");
         assert_eq!(enc(Reply::Verbatim("a".into()), 3), "=5\r\ntxt:a\r\n");
         assert_eq!(enc(Reply::Array(vec![Reply::Nil, Reply::Int(1)]), 2), "*2\r\n$-1\r\n:1\r\n");
+    }
+
+    /// Regression (fuzz target `resp_reply`): a status holding a newline was written as is,
+    /// so a client read the rest of the line as a second reply.
+    #[test]
+    fn a_status_with_a_newline_stays_one_line() {
+        assert_eq!(enc(Reply::Status("\n\0".into()), 2), "+ \0\r\n");
+        assert_eq!(enc(Reply::Status("a\r\nb".into()), 3), "+a  b\r\n");
     }
 
     #[test]
