@@ -248,8 +248,9 @@ pub fn run(socket: &Path, command: Command, json: bool) -> anyhow::Result<ExitCo
             if done.kept > 0 {
                 let names: Vec<String> = done.kept_examples.iter().map(|k| key_text(k)).collect();
                 outln!(
-                    "kept {} that have a value in chd now (newer than the dump), such as {}; --force overwrites them",
+                    "kept {} that {} a value in chd now (newer than the dump), such as {}; --force overwrites them",
                     count(done.kept, "key"),
+                    if done.kept == 1 { "has" } else { "have" },
                     names.join(", ")
                 )?;
             }
